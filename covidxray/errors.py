@@ -14,6 +14,7 @@ class ApiError(Exception):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.headers = headers or {}
+        self.request_id: str | None = None  # set once a request record exists
 
 
 class MissingImage(ApiError):

@@ -1,0 +1,114 @@
+"""The JSON API (JWT) and the health routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from . import service
+from .auth import require
+from .clinical import parse_clinical
+from .errorhandlers import error_body
+from .errors import ApiError, InvalidField, InvalidImage, MissingImage, TooManyImages, UnsupportedType
+from .openapi import openapi_document
+
+bp = Blueprint("api", __name__)
+
+RAW_TYPES = ("image/png", "image/jpeg", "image/gif", "application/dicom")
+
+
+def services() -> service.Services:
+    """The app's services."""
+    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
+
+
+@bp.post("/api/v1/predict")
+@bp.post("/api/prediction")
+@require("predict")
+def predict() -> Any:
+    """Predict one image, or each image of a batch."""
+    images, fields = _read_request()
+    clinical = parse_clinical(fields)
+    subject = g.principal.subject
+    if len(images) == 1:
+        record = service.predict_upload(services(), _nonempty(images[0]), clinical, subject)
+        return jsonify(service.to_response(record))
+    results = []
+    for image in images:
+        try:
+            record = service.predict_upload(services(), _nonempty(image), clinical, subject)
+            results.append(service.to_response(record))
+        except ApiError as exc:
+            results.append(error_body(exc))
+    return jsonify({"results": results})
+
+
+def _read_request() -> tuple[list[bytes], dict[str, list[str]]]:
+    """The uploaded images and the clinical fields, from multipart or a raw image body."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        files = request.files.getlist("image")
+        legacy = request.files.getlist("payload")
+        if files and legacy:
+            raise InvalidField(
+                "send the file in `image` or in `payload`, not both", fields={"payload": "duplicate"}
+            )
+        files = files or legacy
+        if not files:
+            raise MissingImage("send the X-ray as a multipart file named `image`")
+        if len(files) > services().settings.max_batch:
+            raise TooManyImages(f"at most {services().settings.max_batch} images per request")
+        return [f.read() for f in files], request.form.to_dict(flat=False)
+    if request.content_length == 0 or (not mimetype and not request.get_data()):
+        raise MissingImage("the request has no body; send the X-ray as a multipart file named `image`")
+    if mimetype in RAW_TYPES:
+        return [request.get_data()], request.args.to_dict(flat=False)
+    raise UnsupportedType(
+        "send multipart/form-data with a file named `image`, or a raw image/png, image/jpeg "
+        "or application/dicom body"
+    )
+
+
+def _nonempty(data: bytes) -> bytes:
+    if not data:
+        raise InvalidImage("the uploaded file is empty")
+    return data
+
+
+@bp.get("/api/v1/predictions/<request_id>")
+@require("read")
+def get_prediction(request_id: str) -> Any:
+    """One prediction, for its own subject (or an admin)."""
+    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    return jsonify(service.to_response(record))
+
+
+@bp.delete("/api/v1/predictions/<request_id>")
+@require("predict")
+def delete_prediction(request_id: str) -> Any:
+    """Erase a prediction's record and image."""
+    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    service.erase(services(), record)
+    return "", 204
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    """200 while the process lives."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    """200 once the local predictor is loaded."""
+    predictor = services().predictor
+    return jsonify({"status": "ready" if predictor.ready else "loading", **predictor.status()}), (
+        200 if predictor.ready else 503
+    )
+
+
+@bp.get("/api/openapi.json")
+def openapi() -> Any:
+    """The OpenAPI 3 document."""
+    return jsonify(openapi_document())

@@ -1,0 +1,77 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+from flask_swagger_ui import get_swaggerui_blueprint
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import api, errorhandlers, metrics, web
+from .predictors import Predictor, make_predictor
+from .requestlog import open_request_log
+from .service import Services
+from .settings import Settings
+from .storage import open_image_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    backend: str = "keras", settings: Settings | None = None, predictor: Predictor | None = None
+) -> Flask:
+    """Build the service for `backend` (`keras` or `automl`); load its predictor once.
+
+    Args:
+        backend: which predictor the service plugs in.
+        settings: defaults to `Settings.from_env()`.
+        predictor: an already built predictor (tests); defaults to the backend's own.
+    """
+    configure_logging()
+    settings = (settings or Settings.from_env()).validated()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_upload_mb * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.production,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+    predictor = predictor or make_predictor(backend, settings)
+    predictor.load()
+    app.extensions["covidxray"] = Services(
+        settings=settings,
+        predictor=predictor,
+        images=open_image_store(settings.image_store),
+        log=open_request_log(settings.request_log),
+    )
+    csrf = CSRFProtect(app)
+    csrf.exempt(api.bp)
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(
+        get_swaggerui_blueprint("/api/docs", "/api/openapi.json", config={"app_name": "covidxray"})
+    )
+    errorhandlers.init_app(app)
+    metrics.init_app(app)
+    log.info("service ready", extra={"backend": backend, "env": settings.env})
+    return app
+
+
+def configure_logging() -> None:
+    """Log to stdout once, unless the host (gunicorn, pytest) configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)

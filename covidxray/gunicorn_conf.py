@@ -1,0 +1,33 @@
+"""Gunicorn settings from the environment (`gunicorn -c python:covidxray.gunicorn_conf`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
+workers = int(os.environ.get("COVIDXRAY_WORKERS", "2"))
+threads = int(os.environ.get("COVIDXRAY_THREADS", "4"))
+timeout = int(os.environ.get("COVIDXRAY_TIMEOUT", "30"))
+graceful_timeout = timeout
+worker_class = "gthread"
+accesslog = "-"
+errorlog = "-"
+forwarded_allow_ips = "*" if int(os.environ.get("COVIDXRAY_TRUSTED_PROXIES", "0") or 0) else "127.0.0.1"
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="covidxray-metrics-"))
+
+
+def on_starting(server: Any) -> None:
+    """Start every run with empty metric files."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

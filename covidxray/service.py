@@ -1,0 +1,135 @@
+"""The prediction use case as plain functions, shared by the browser form and the API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from uuid6 import uuid7
+
+from .errors import BackendUnavailable, NotFound
+from .imaging import prepare
+from .labels import LABELS, UNCERTAIN
+from .metrics import PREDICTIONS
+from .predictors import Predictor
+from .requestlog import PredictionRecord, RequestLog
+from .settings import Settings
+from .storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "gif": "gif", "dicom": "dcm"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "dicom": "application/dicom"}
+
+
+@dataclass
+class Services:
+    """What a request needs: settings, the predictor, the image store and the request log."""
+
+    settings: Settings
+    predictor: Predictor
+    images: ImageStore
+    log: RequestLog
+
+
+def predict_upload(
+    services: Services, data: bytes, clinical: dict[str, Any], subject: str | None = None
+) -> PredictionRecord:
+    """Check, predict, store and log one upload; return its record.
+
+    Rejected input raises before anything is stored. A backend failure keeps the image
+    and a record with status `backend_unavailable`, then raises with the request id.
+    """
+    started = time.perf_counter()
+    predictor = services.predictor
+    prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
+    request_id = str(uuid7())
+    created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        outcome = predictor.predict(prepared, data)
+        status, error = "ok", None
+    except BackendUnavailable as exc:
+        outcome, status, error = None, exc.code, exc
+    stored = services.images.put(
+        data, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
+    )
+    record = PredictionRecord(
+        id=request_id,
+        created_at=created_at,
+        backend=predictor.backend,
+        model_name=predictor.model_name,
+        model_version=predictor.model_version,
+        status=status,
+        image_uri=stored.uri,
+        sha256=stored.sha256,
+        format=prepared.format,
+        size_bytes=len(data),
+        width=prepared.width,
+        height=prepared.height,
+        latency_ms=0.0,
+        subject=subject,
+        warnings=prepared.warnings + (outcome.warnings if outcome else []),
+        clinical=clinical,
+    )
+    if outcome is not None:
+        record.probabilities = outcome.probabilities
+        record.predicted_class, record.score = decide(
+            outcome.probabilities, services.settings.uncertain_below
+        )
+        PREDICTIONS.labels(backend=predictor.backend, predicted_class=record.predicted_class).inc()
+    record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    services.log.record(record)
+    if error is not None:
+        error.request_id = request_id
+        raise error
+    return record
+
+
+def decide(probabilities: dict[str, float], uncertain_below: float) -> tuple[str, float]:
+    """The top class and its probability, or `uncertain` when the top is below the threshold."""
+    top = max(LABELS, key=lambda label: probabilities.get(label, 0.0))
+    score = probabilities[top]
+    return (top if score >= uncertain_below else UNCERTAIN), score
+
+
+def find(services: Services, request_id: str, subject: str | None, admin: bool = False) -> PredictionRecord:
+    """The record with `request_id`, if `subject` may see it (else NotFound, revealing nothing)."""
+    record = services.log.get(request_id)
+    if record is None or not (admin or record.subject == subject):
+        raise NotFound("no prediction with this id")
+    return record
+
+
+def erase(services: Services, record: PredictionRecord) -> None:
+    """Erase a record and its image (the image stays while another record shares its bytes)."""
+    services.log.delete(record.id)
+    if services.log.count_image(record.image_uri) == 0:
+        services.images.delete(record.image_uri)
+
+
+def to_response(record: PredictionRecord, heatmap_url: str | None = None) -> dict[str, Any]:
+    """The contract's JSON shape of one prediction."""
+    return {
+        "id": record.id,
+        "created_at": record.created_at[:19] + "Z",
+        "backend": record.backend,
+        "model": {"name": record.model_name, "version": record.model_version},
+        "status": record.status,
+        "predicted_class": record.predicted_class,
+        "score": record.score,
+        "probabilities": record.probabilities,
+        "image": {
+            "sha256": record.sha256,
+            "uri": record.image_uri,
+            "width": record.width,
+            "height": record.height,
+            "format": record.format,
+        },
+        "clinical": record.clinical,
+        "heatmap_url": heatmap_url,
+        "warnings": record.warnings,
+        "latency_ms": record.latency_ms,
+    }

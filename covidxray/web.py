@@ -1,0 +1,110 @@
+"""The browser pages: upload form and result page (CSRF-protected, no token needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from . import service
+from .clinical import FLAGS, parse_clinical
+from .errors import ApiError, InvalidField, MissingImage, NotFound
+from .labels import LABELS, UNCERTAIN
+from .requestlog import PredictionRecord
+
+bp = Blueprint("web", __name__)
+
+MAX_SESSION_RESULTS = 50
+FLAG_LABELS = {
+    "trouble_breathing": "Trouble breathing",
+    "chest_pain": "Chest pain",
+    "tiredness": "Tiredness",
+    "bluish_color": "Bluish lips or face",
+    "runny_nose": "Runny nose",
+    "cough": "Cough",
+    "fever": "Fever",
+}
+
+
+def _services() -> service.Services:
+    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
+
+
+def _form(errors: dict[str, str] | None = None, message: str | None = None, status: int = 200) -> Any:
+    values = request.form if request.method == "POST" else {}
+    page = render_template(
+        "index.html", errors=errors or {}, message=message, values=values, flags=FLAG_LABELS
+    )
+    return page, status
+
+
+@bp.get("/")
+def index() -> Any:
+    """The upload form."""
+    return _form()
+
+
+@bp.post("/")
+def submit() -> Any:
+    """Predict the uploaded X-ray and redirect to its result page."""
+    errors: dict[str, str] = {}
+    try:
+        clinical = parse_clinical(request.form.to_dict(flat=False))
+    except InvalidField as exc:
+        clinical, errors = {}, dict(exc.fields)
+    upload = request.files.get("image")
+    data = upload.read() if upload is not None else b""
+    if not data:
+        errors["image"] = MissingImage("Choose an X-ray image to upload.").message
+    if errors:
+        return _form(errors, "Please correct the fields marked below.", 400)
+    try:
+        record = service.predict_upload(_services(), data, clinical)
+    except ApiError as exc:
+        return _form({"image": exc.message}, exc.message, exc.status)
+    session["results"] = ([record.id] + session.get("results", []))[:MAX_SESSION_RESULTS]
+    return redirect(url_for("web.result", request_id=record.id), code=303)
+
+
+def _own_record(request_id: str) -> PredictionRecord:
+    if request_id not in session.get("results", []):
+        raise NotFound("This result does not exist or belongs to another browser session.")
+    record = _services().log.get(request_id)
+    if record is None:
+        raise NotFound("This result has been erased.")
+    return record
+
+
+@bp.get("/results/<request_id>")
+def result(request_id: str) -> Any:
+    """The result page, for the browser session that submitted the image."""
+    record = _own_record(request_id)
+    return render_template(
+        "result.html",
+        record=record,
+        labels=LABELS,
+        uncertain=record.predicted_class == UNCERTAIN,
+        flags=FLAGS,
+    )
+
+
+@bp.get("/results/<request_id>/image")
+def result_image(request_id: str) -> Response:
+    """The uploaded image, for the same browser session."""
+    record = _own_record(request_id)
+    if record.format == "dicom":
+        abort(404)
+    data = _services().images.get(record.image_uri)
+    response = Response(data, mimetype=service.CONTENT_TYPES[record.format])
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
