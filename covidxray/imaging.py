@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings as _warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,7 +22,14 @@ MIN_SIDE = 64
 MAX_ASPECT = 4.0
 DEFAULT_MAX_PIXELS = 50_000_000
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF"}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass
@@ -34,6 +42,8 @@ class Prepared:
     height: int
     format: str  # png | jpeg | gif | dicom
     warnings: list[str] = field(default_factory=list)
+    stored: bytes | None = None  # what to store instead of the upload (the de-identified DICOM copy)
+    dicom: dict[str, Any] = field(default_factory=dict)  # non-identifying DICOM fields
 
 
 def sniff(data: bytes) -> str:
@@ -50,15 +60,30 @@ def sniff(data: bytes) -> str:
 
 
 def prepare(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
-    """Decode `data` (PNG, JPEG or still GIF) and build the model's `size`×`size` input.
+    """Decode `data` (PNG, JPEG, still GIF or DICOM) and build the model's `size`×`size` input.
 
     Raises UnsupportedType (415) or InvalidImage (400) for unusable input.
     """
     fmt = sniff(data)
     if fmt == "dicom":
-        raise UnsupportedType("DICOM upload is not enabled on this service; send PNG or JPEG")
+        from .dicom import decode_dicom
+
+        decoded = decode_dicom(data, max_pixels=max_pixels)
+        _check_geometry(decoded.image.size, max_pixels)
+        return Prepared(
+            tensor=to_tensor(decoded.image, size),
+            image=decoded.image,
+            width=decoded.image.width,
+            height=decoded.image.height,
+            format=fmt,
+            warnings=decoded.warnings,
+            stored=decoded.deidentified,
+            dicom=decoded.fields,
+        )
     img, width, height, notes = _decode(data, fmt, size, max_pixels)
-    return Prepared(tensor=to_tensor(img, size), image=img, width=width, height=height, format=fmt, warnings=notes)
+    return Prepared(
+        tensor=to_tensor(img, size), image=img, width=width, height=height, format=fmt, warnings=notes
+    )
 
 
 def to_tensor(img: Image.Image, size: int) -> np.ndarray:

@@ -48,6 +48,7 @@ class PredictionRecord:
     probabilities: dict[str, float] | None = None
     warnings: list[str] = field(default_factory=list)
     clinical: dict[str, Any] = field(default_factory=dict)
+    dicom: dict[str, Any] = field(default_factory=dict)  # modality, view_position, bits_stored
 
 
 class RequestLog(ABC):
@@ -85,9 +86,19 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX predictions_created_at ON predictions (created_at);
     CREATE INDEX predictions_image_uri ON predictions (image_uri);
     """,
+    """
+    ALTER TABLE predictions ADD COLUMN modality TEXT;
+    ALTER TABLE predictions ADD COLUMN view_position TEXT;
+    ALTER TABLE predictions ADD COLUMN bits_stored INTEGER;
+    """,
 ]
+DICOM_FIELDS = ("modality", "view_position", "bits_stored")
 _LABEL_COLUMNS = {"prob_covid": "covid", "prob_pneumonia": "pneumonia", "prob_normal": "normal"}
-_PLAIN = [f.name for f in fields(PredictionRecord) if f.name not in ("probabilities", "warnings", "clinical")]
+_PLAIN = [
+    f.name
+    for f in fields(PredictionRecord)
+    if f.name not in ("probabilities", "warnings", "clinical", "dicom")
+]
 
 
 class SqliteRequestLog(RequestLog):
@@ -129,6 +140,7 @@ class SqliteRequestLog(RequestLog):
         row.update({col: probs.get(label) for col, label in _LABEL_COLUMNS.items()})
         row["warnings"] = json.dumps(rec.warnings)
         row.update({name: rec.clinical.get(name) for name in CLINICAL_FIELDS})
+        row.update({name: rec.dicom.get(name) for name in DICOM_FIELDS})
         columns = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
         self._conn().execute(f"INSERT INTO predictions ({columns}) VALUES ({marks})", row)
@@ -154,8 +166,13 @@ def _from_row(row: sqlite3.Row) -> PredictionRecord:
     data = {name: row[name] for name in _PLAIN}
     probs = {label: row[col] for col, label in _LABEL_COLUMNS.items() if row[col] is not None}
     clinical = {name: row[name] for name in CLINICAL_FIELDS if row[name] is not None}
+    dicom = {name: row[name] for name in DICOM_FIELDS if row[name] is not None}
     return PredictionRecord(
-        **data, probabilities=probs or None, warnings=json.loads(row["warnings"]), clinical=clinical
+        **data,
+        probabilities=probs or None,
+        warnings=json.loads(row["warnings"]),
+        clinical=clinical,
+        dicom=dicom,
     )
 
 

@@ -53,8 +53,9 @@ def predict_upload(
         status, error = "ok", None
     except BackendUnavailable as exc:
         outcome, status, error = None, exc.code, exc
+    kept = prepared.stored if prepared.stored is not None else data  # DICOM: the de-identified copy
     stored = services.images.put(
-        data, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
+        kept, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
     )
     record = PredictionRecord(
         id=request_id,
@@ -66,13 +67,14 @@ def predict_upload(
         image_uri=stored.uri,
         sha256=stored.sha256,
         format=prepared.format,
-        size_bytes=len(data),
+        size_bytes=len(kept),
         width=prepared.width,
         height=prepared.height,
         latency_ms=0.0,
         subject=subject,
         warnings=prepared.warnings + (outcome.warnings if outcome else []),
         clinical=clinical,
+        dicom=prepared.dicom,
     )
     if outcome is not None:
         record.probabilities = outcome.probabilities
