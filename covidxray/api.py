@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from . import service
 from .auth import require
-from .clinical import parse_clinical
+from .clinical import parse_clinical, parse_flag
 from .errorhandlers import error_body
-from .errors import ApiError, InvalidField, InvalidImage, MissingImage, TooManyImages, UnsupportedType
+from .errors import (
+    ApiError,
+    InvalidField,
+    InvalidImage,
+    MissingImage,
+    NotFound,
+    TooManyImages,
+    UnsupportedType,
+)
 from .openapi import openapi_document
+from .requestlog import PredictionRecord
 
 bp = Blueprint("api", __name__)
 
@@ -30,18 +39,25 @@ def predict() -> Any:
     """Predict one image, or each image of a batch."""
     images, fields = _read_request()
     clinical = parse_clinical(fields)
+    explain = parse_flag(request.args.to_dict(flat=False), "explain") or parse_flag(fields, "explain")
     subject = g.principal.subject
     if len(images) == 1:
-        record = service.predict_upload(services(), _nonempty(images[0]), clinical, subject)
-        return jsonify(service.to_response(record))
+        record = service.predict_upload(services(), _nonempty(images[0]), clinical, subject, explain)
+        return jsonify(_response(record))
     results = []
     for image in images:
         try:
-            record = service.predict_upload(services(), _nonempty(image), clinical, subject)
-            results.append(service.to_response(record))
+            record = service.predict_upload(services(), _nonempty(image), clinical, subject, explain)
+            results.append(_response(record))
         except ApiError as exc:
             results.append(error_body(exc))
     return jsonify({"results": results})
+
+
+def _response(record: PredictionRecord) -> dict[str, Any]:
+    """The contract's JSON for a record, with its heatmap's URL when it has one."""
+    url = url_for("api.heatmap", request_id=record.id) if record.heatmap_uri else None
+    return service.to_response(record, url)
 
 
 def _read_request() -> tuple[list[bytes], dict[str, list[str]]]:
@@ -81,7 +97,17 @@ def _nonempty(data: bytes) -> bytes:
 def get_prediction(request_id: str) -> Any:
     """One prediction, for its own subject (or an admin)."""
     record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
-    return jsonify(service.to_response(record))
+    return jsonify(_response(record))
+
+
+@bp.get("/api/v1/predictions/<request_id>/heatmap.png")
+@require("read")
+def heatmap(request_id: str) -> Any:
+    """The class activation map drawn over the image, for predictions made with `explain=1`."""
+    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    if not record.heatmap_uri:
+        raise NotFound("this prediction has no heatmap; predict with explain=1")
+    return Response(services().images.get(record.heatmap_uri), mimetype="image/png")
 
 
 @bp.delete("/api/v1/predictions/<request_id>")

@@ -38,6 +38,17 @@ def parse_clinical(values: Mapping[str, list[str]]) -> dict[str, Any]:
     return clean
 
 
+def parse_flag(values: Mapping[str, list[str]], name: str) -> bool:
+    """A 0/1 option such as `explain` (absent means 0); raises InvalidField when malformed."""
+    sent = [v.strip() for v in values.get(name, []) if v.strip() != ""]
+    if len(sent) > 1:
+        raise InvalidField(f"{name}: give this field once", fields={name: "give this field once"})
+    try:
+        return bool(sent) and bool(_parse_one(name, sent[0]))
+    except ValueError as exc:
+        raise InvalidField(f"{name}: {exc}", fields={name: str(exc)}) from exc
+
+
 def _parse_one(name: str, raw: str) -> int | str:
     if name in RANGES:
         low, high = RANGES[name]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .heatmap import class_activation_map
 from .imaging import Prepared
 from .labels import LABELS
 from .settings import Settings
@@ -24,6 +25,7 @@ class Outcome:
 
     probabilities: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    heatmap: np.ndarray | None = None  # class activation map of the top class, (h, w), when asked
 
 
 class Predictor(ABC):
@@ -44,8 +46,8 @@ class Predictor(ABC):
         """Load the model or open the client; called once at start."""
 
     @abstractmethod
-    def predict(self, image: Prepared, data: bytes) -> Outcome:
-        """Probabilities for one image (`data` is the uploaded bytes)."""
+    def predict(self, image: Prepared, data: bytes, explain: bool = False) -> Outcome:
+        """Probabilities for one image (`data` is the uploaded bytes); a heatmap too when `explain`."""
 
     def status(self) -> dict[str, Any]:
         """State for `/readyz`'s body."""
@@ -99,12 +101,16 @@ class KerasPredictor(Predictor):
         """Raw logits and last feature maps for a batch of prepared tensors."""
         return self._runtime.run(batch)  # type: ignore[no-any-return]
 
-    def predict(self, image: Prepared, data: bytes) -> Outcome:
+    def predict(self, image: Prepared, data: bytes, explain: bool = False) -> Outcome:
         from .calibration import softmax
 
-        logits, _ = self.logits(image.tensor[None])
+        logits, features = self.logits(image.tensor[None])
         probs = softmax(logits, self._runtime.info.temperature)[0]
-        return Outcome(probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)})
+        outcome = Outcome(probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)})
+        if explain:
+            kernel, _ = self._runtime.output_weights
+            outcome.heatmap = class_activation_map(features[0], kernel, int(np.argmax(probs)))
+        return outcome
 
     def status(self) -> dict[str, Any]:
         state = super().status()

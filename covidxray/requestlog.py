@@ -49,6 +49,7 @@ class PredictionRecord:
     warnings: list[str] = field(default_factory=list)
     clinical: dict[str, Any] = field(default_factory=dict)
     dicom: dict[str, Any] = field(default_factory=dict)  # modality, view_position, bits_stored
+    heatmap_uri: str | None = None
 
 
 class RequestLog(ABC):
@@ -68,7 +69,7 @@ class RequestLog(ABC):
 
     @abstractmethod
     def count_image(self, uri: str) -> int:
-        """How many records refer to the image at `uri`."""
+        """How many records refer to the image (or heatmap) at `uri`."""
 
 
 _MIGRATIONS: list[str] = [
@@ -90,6 +91,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE predictions ADD COLUMN modality TEXT;
     ALTER TABLE predictions ADD COLUMN view_position TEXT;
     ALTER TABLE predictions ADD COLUMN bits_stored INTEGER;
+    """,
+    """
+    ALTER TABLE predictions ADD COLUMN heatmap_uri TEXT;
+    CREATE INDEX predictions_heatmap_uri ON predictions (heatmap_uri);
     """,
 ]
 DICOM_FIELDS = ("modality", "view_position", "bits_stored")

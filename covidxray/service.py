@@ -11,6 +11,7 @@ from typing import Any
 from uuid6 import uuid7
 
 from .errors import BackendUnavailable, NotFound
+from .heatmap import overlay_png
 from .imaging import prepare
 from .labels import LABELS, UNCERTAIN
 from .metrics import PREDICTIONS
@@ -36,7 +37,11 @@ class Services:
 
 
 def predict_upload(
-    services: Services, data: bytes, clinical: dict[str, Any], subject: str | None = None
+    services: Services,
+    data: bytes,
+    clinical: dict[str, Any],
+    subject: str | None = None,
+    explain: bool = False,
 ) -> PredictionRecord:
     """Check, predict, store and log one upload; return its record.
 
@@ -49,7 +54,7 @@ def predict_upload(
     request_id = str(uuid7())
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:
-        outcome = predictor.predict(prepared, data)
+        outcome = predictor.predict(prepared, data, explain=explain)
         status, error = "ok", None
     except BackendUnavailable as exc:
         outcome, status, error = None, exc.code, exc
@@ -82,6 +87,12 @@ def predict_upload(
             outcome.probabilities, services.settings.uncertain_below
         )
         PREDICTIONS.labels(backend=predictor.backend, predicted_class=record.predicted_class).inc()
+        if outcome.heatmap is not None:
+            png = overlay_png(prepared.image, outcome.heatmap, (prepared.width, prepared.height))
+            heatmap = services.images.put(png, "png", content_type="image/png", request_id=request_id)
+            record.heatmap_uri = heatmap.uri
+        elif explain:
+            record.warnings.append(f"heatmaps are not available for the {predictor.backend} backend")
     record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
     services.log.record(record)
     if error is not None:
@@ -106,10 +117,11 @@ def find(services: Services, request_id: str, subject: str | None, admin: bool =
 
 
 def erase(services: Services, record: PredictionRecord) -> None:
-    """Erase a record and its image (the image stays while another record shares its bytes)."""
+    """Erase a record, its image and heatmap (each stays while another record shares its bytes)."""
     services.log.delete(record.id)
-    if services.log.count_image(record.image_uri) == 0:
-        services.images.delete(record.image_uri)
+    for uri in (record.image_uri, record.heatmap_uri):
+        if uri and services.log.count_image(uri) == 0:
+            services.images.delete(uri)
 
 
 def to_response(record: PredictionRecord, heatmap_url: str | None = None) -> dict[str, Any]:

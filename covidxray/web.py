@@ -7,7 +7,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    abort,
     current_app,
     redirect,
     render_template,
@@ -17,7 +16,7 @@ from flask import (
 )
 
 from . import service
-from .clinical import FLAGS, parse_clinical
+from .clinical import FLAGS, parse_clinical, parse_flag
 from .errors import ApiError, InvalidField, MissingImage, NotFound
 from .labels import LABELS, UNCERTAIN
 from .requestlog import PredictionRecord
@@ -58,10 +57,12 @@ def index() -> Any:
 def submit() -> Any:
     """Predict the uploaded X-ray and redirect to its result page."""
     errors: dict[str, str] = {}
+    form = request.form.to_dict(flat=False)
     try:
-        clinical = parse_clinical(request.form.to_dict(flat=False))
+        clinical = parse_clinical(form)
+        explain = parse_flag(form, "explain")
     except InvalidField as exc:
-        clinical, errors = {}, dict(exc.fields)
+        clinical, explain, errors = {}, False, dict(exc.fields)
     upload = request.files.get("image")
     data = upload.read() if upload is not None else b""
     if not data:
@@ -69,7 +70,7 @@ def submit() -> Any:
     if errors:
         return _form(errors, "Please correct the fields marked below.", 400)
     try:
-        record = service.predict_upload(_services(), data, clinical)
+        record = service.predict_upload(_services(), data, clinical, explain=explain)
     except ApiError as exc:
         return _form({"image": exc.message}, exc.message, exc.status)
     session["results"] = ([record.id] + session.get("results", []))[:MAX_SESSION_RESULTS]
@@ -103,8 +104,20 @@ def result_image(request_id: str) -> Response:
     """The uploaded image, for the same browser session."""
     record = _own_record(request_id)
     if record.format == "dicom":
-        abort(404)
-    data = _services().images.get(record.image_uri)
-    response = Response(data, mimetype=service.CONTENT_TYPES[record.format])
+        raise NotFound("DICOM images are not displayed in the browser.")
+    return _private(_services().images.get(record.image_uri), service.CONTENT_TYPES[record.format])
+
+
+@bp.get("/results/<request_id>/heatmap.png")
+def result_heatmap(request_id: str) -> Response:
+    """The heatmap drawn over the image, for the same browser session."""
+    record = _own_record(request_id)
+    if not record.heatmap_uri:
+        raise NotFound("This result has no heatmap.")
+    return _private(_services().images.get(record.heatmap_uri), "image/png")
+
+
+def _private(data: bytes, mimetype: str) -> Response:
+    response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response

@@ -61,12 +61,14 @@ def test_upload_shows_probabilities(page, base_url, sample_file):
     page.goto(base_url)
     page.set_input_files("#image", str(sample_file))
     page.fill("#age", "58")
+    page.get_by_label("Show where the model looked (heatmap)").check()
     page.click("button[type=submit]")
     page.wait_for_url("**/results/*")
     for label in ("covid", "pneumonia", "normal"):
         assert page.locator(f'td[data-label="{label}"]').inner_text().endswith("%")
     assert page.get_by_text("Not for diagnosis").is_visible()
-    assert page.locator("figure img").evaluate("img => img.naturalWidth") > 0
+    for img in page.locator("figure img").all():
+        assert img.evaluate("img => img.complete && img.naturalWidth") > 0
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "result-desktop.png"), full_page=True)
 
@@ -92,7 +94,7 @@ def test_keyboard_only_submission(page, base_url, sample_file):
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     page.keyboard.type("3")
-    for _ in range(8):  # the seven symptom boxes, then the button
+    for _ in range(9):  # the seven symptom boxes, the heatmap box, then the button
         page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.tagName") == "BUTTON"
     page.keyboard.press("Enter")

@@ -1,0 +1,76 @@
+"""Class activation maps: exact, class-specific, in the image's aspect ratio, only when asked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray.heatmap import class_activation_map, overlay_png
+from covidxray.imaging import prepare
+
+
+def test_map_equals_a_direct_computation_from_features_and_weights(predictor, sample_jpeg):
+    prepared = prepare(sample_jpeg, predictor.input_size)
+    logits, features = predictor.logits(prepared.tensor[None])
+    kernel, bias = predictor._runtime.output_weights
+    fmap = features[0]
+    for index in range(kernel.shape[1]):
+        direct = np.zeros(fmap.shape[:2])
+        for k in range(fmap.shape[2]):
+            direct += kernel[k, index] * fmap[:, :, k]
+        cam = class_activation_map(fmap, kernel, index)
+        np.testing.assert_allclose(cam, direct, atol=1e-4)
+        # global average pooling straight into the output layer: the map's mean is the logit
+        assert cam.mean() + bias[index] == pytest.approx(float(logits[0, index]), abs=1e-3)
+
+
+def test_maps_differ_between_classes(predictor, sample_jpeg):
+    prepared = prepare(sample_jpeg, predictor.input_size)
+    _, features = predictor.logits(prepared.tensor[None])
+    kernel, _ = predictor._runtime.output_weights
+    maps = [class_activation_map(features[0], kernel, i) for i in range(kernel.shape[1])]
+    assert not np.allclose(maps[0], maps[1]) and not np.allclose(maps[1], maps[2])
+
+
+def test_overlay_keeps_the_image_aspect_ratio():
+    image = Image.linear_gradient("L").resize((300, 200))
+    png = Image.open(io.BytesIO(overlay_png(image, np.random.default_rng(0).random((7, 7)), (900, 600))))
+    assert png.size == (768, 512) and png.mode == "RGB"
+
+
+def test_explain_returns_a_heatmap_url_served_as_png(client, auth, sample_jpeg):
+    body = client.post(
+        "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
+    assert body["heatmap_url"] == f"/api/v1/predictions/{body['id']}/heatmap.png"
+    response = client.get(body["heatmap_url"], headers=auth)
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    heat = Image.open(io.BytesIO(response.data))
+    original = body["image"]["width"] / body["image"]["height"]
+    assert heat.width / heat.height == pytest.approx(original, rel=0.01)
+
+
+def test_no_heatmap_unless_asked(client, auth, sample_jpeg, stored):
+    body = client.post("/api/v1/predict", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}).get_json()
+    assert body["heatmap_url"] is None
+    assert client.get(f"/api/v1/predictions/{body['id']}/heatmap.png", headers=auth).status_code == 404
+    assert stored() == (1, 1)
+
+
+def test_delete_erases_the_heatmap_too(client, auth, sample_jpeg, stored):
+    body = client.post(
+        "/api/v1/predict", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg"), "explain": "1"}
+    ).get_json()
+    assert stored() == (2, 1)
+    client.delete(f"/api/v1/predictions/{body['id']}", headers=auth)
+    assert stored() == (0, 0)
+
+
+def test_malformed_explain_is_invalid_field(client, auth, sample_jpeg):
+    response = client.post(
+        "/api/v1/predict?explain=maybe", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    )
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_field"
