@@ -6,11 +6,10 @@ import logging
 import sys
 
 from flask import Flask
-from flask_swagger_ui import get_swaggerui_blueprint
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, errorhandlers, metrics, web
+from . import api, docs, errorhandlers, metrics, security, web
 from .predictors import Predictor, make_predictor
 from .requestlog import open_request_log
 from .service import Services
@@ -58,10 +57,9 @@ def create_app(
     csrf.exempt(api.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
-    app.register_blueprint(
-        get_swaggerui_blueprint("/api/docs", "/api/openapi.json", config={"app_name": "covidxray"})
-    )
+    app.register_blueprint(docs.bp)
     errorhandlers.init_app(app)
+    security.init_app(app, settings)
     metrics.init_app(app)
     log.info("service ready", extra={"backend": backend, "env": settings.env})
     return app

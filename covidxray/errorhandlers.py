@@ -9,11 +9,11 @@ from flask import Flask, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from .errors import ApiError, CsrfFailed, InvalidField, MethodNotAllowed, NotFound, TooLarge
+from .errors import ApiError, CsrfFailed, InvalidField, MethodNotAllowed, NotFound, RateLimited, TooLarge
 
 log = logging.getLogger(__name__)
 
-_HTTP = {404: NotFound, 405: MethodNotAllowed, 413: TooLarge}
+_HTTP = {404: NotFound, 405: MethodNotAllowed, 413: TooLarge, 429: RateLimited}
 
 
 def wants_json() -> bool:

@@ -97,6 +97,12 @@ class UnsupportedModality(ApiError):
     status, code, message = 422, "unsupported_modality", "only CR/DX radiographs with pixel data are accepted"
 
 
+class RateLimited(ApiError):
+    """429: too many requests for this token or client address."""
+
+    status, code, message = 429, "rate_limited", "too many requests; retry later"
+
+
 class BackendUnavailable(ApiError):
     """503: the prediction backend cannot answer now."""
 
