@@ -118,7 +118,13 @@ class KerasPredictor(Predictor):
         return state
 
 
-PREDICTORS = {"keras": KerasPredictor.from_settings}
+def _automl(settings: Settings) -> Predictor:
+    from .automl import AutoMLPredictor  # Google's client libraries load only for this backend
+
+    return AutoMLPredictor.from_settings(settings)
+
+
+PREDICTORS = {"keras": KerasPredictor.from_settings, "automl": _automl}
 
 
 def make_predictor(backend: str, settings: Settings) -> Predictor:
