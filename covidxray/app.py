@@ -9,9 +9,10 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, docs, errorhandlers, metrics, security, web
+from . import api, docs, errorhandlers, history, metrics, security, web
 from .predictors import Predictor, make_predictor
 from .requestlog import open_request_log
+from .retention import start_sweeper
 from .service import Services
 from .settings import Settings
 from .storage import open_image_store
@@ -47,17 +48,21 @@ def create_app(
         )
     predictor = predictor or make_predictor(backend, settings)
     predictor.load()
-    app.extensions["covidxray"] = Services(
+    services = Services(
         settings=settings,
         predictor=predictor,
         images=open_image_store(settings.image_store),
         log=open_request_log(settings.request_log),
     )
+    app.extensions["covidxray"] = services
+    if settings.retention_days is not None:
+        start_sweeper(services, settings.retention_days)
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(history.bp)
     errorhandlers.init_app(app)
     security.init_app(app, settings)
     metrics.init_app(app)

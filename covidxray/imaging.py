@@ -20,6 +20,7 @@ from .errors import InvalidImage, UnsupportedType
 PREPROCESSING_VERSION = "1"
 MIN_SIDE = 64
 MAX_ASPECT = 4.0
+PLAUSIBLE_ASPECT = 2.0
 DEFAULT_MAX_PIXELS = 50_000_000
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF"}
 _DECODE_ERRORS = (
@@ -76,14 +77,22 @@ def prepare(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             width=decoded.image.width,
             height=decoded.image.height,
             format=fmt,
-            warnings=decoded.warnings,
+            warnings=decoded.warnings + plausibility(decoded.image.width, decoded.image.height),
             stored=decoded.deidentified,
             dicom=decoded.fields,
         )
     img, width, height, notes = _decode(data, fmt, size, max_pixels)
+    notes += plausibility(width, height)
     return Prepared(
         tensor=to_tensor(img, size), image=img, width=width, height=height, format=fmt, warnings=notes
     )
+
+
+def plausibility(width: int, height: int) -> list[str]:
+    """Heuristic notes on the shape: frontal chest films are roughly square (up to about 3:2)."""
+    if max(width, height) / min(width, height) > PLAUSIBLE_ASPECT:
+        return [f"unusual aspect ratio ({width}×{height}) for a frontal chest radiograph"]
+    return []
 
 
 def to_tensor(img: Image.Image, size: int) -> np.ndarray:

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -71,6 +72,24 @@ class RequestLog(ABC):
     def count_image(self, uri: str) -> int:
         """How many records refer to the image (or heatmap) at `uri`."""
 
+    @abstractmethod
+    def search(self, query: HistoryQuery) -> list[PredictionRecord]:
+        """Records matching `query`, newest first."""
+
+    @abstractmethod
+    def audit(self, actor: str, action: str, detail: str) -> None:
+        """Append an entry to the audit log (who looked at or exported what)."""
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """A filter over the log: predicted class and a half-open time range [since, until)."""
+
+    predicted_class: str | None = None
+    since: str | None = None  # ISO 8601, compared as text (all times are UTC with a Z)
+    until: str | None = None
+    limit: int = 100
+
 
 _MIGRATIONS: list[str] = [
     """
@@ -95,6 +114,9 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE predictions ADD COLUMN heatmap_uri TEXT;
     CREATE INDEX predictions_heatmap_uri ON predictions (heatmap_uri);
+    """,
+    """
+    CREATE TABLE audit (at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
     """,
 ]
 DICOM_FIELDS = ("modality", "view_position", "bits_stored")
@@ -161,6 +183,27 @@ class SqliteRequestLog(RequestLog):
         return int(
             self._conn().execute("SELECT COUNT(*) FROM predictions WHERE image_uri = ?", (uri,)).fetchone()[0]
         )
+
+    def search(self, query: HistoryQuery) -> list[PredictionRecord]:
+        clauses, params = ["1 = 1"], []
+        for clause, value in (
+            ("predicted_class = ?", query.predicted_class),
+            ("created_at >= ?", query.since),
+            ("created_at < ?", query.until),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        sql = f"SELECT * FROM predictions WHERE {' AND '.join(clauses)} ORDER BY created_at DESC LIMIT ?"
+        return [_from_row(row) for row in self._conn().execute(sql, (*params, query.limit))]
+
+    def audit(self, actor: str, action: str, detail: str) -> None:
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._conn().execute("INSERT INTO audit VALUES (?, ?, ?, ?)", (at, actor, action, detail))
+
+    def audit_entries(self) -> list[tuple[str, str, str, str]]:
+        """The audit log, oldest first."""
+        return [tuple(row) for row in self._conn().execute("SELECT * FROM audit ORDER BY at")]
 
     def count(self) -> int:
         """Number of records (for tests and the history page)."""

@@ -260,3 +260,28 @@ def test_openapi_document_and_docs_page(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
     assert b"https://" not in docs.data.replace(b"https://github.com", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "warning"),
+    [
+        (image_bytes((600, 200)), "unusual aspect ratio (600×200)"),
+        (image_bytes((300, 300), "JPEG", "RGB"), None),
+    ],
+    ids=["panorama", "gray picture saved as RGB"],
+)
+def test_plausibility_warnings(client, auth, data, warning):
+    body = post_image(client, auth, data, name="x.png").get_json()
+    assert (warning in " ".join(body["warnings"])) if warning else body["warnings"] == []
+
+
+def test_colour_photograph_gets_a_warning(client, auth):
+    from PIL import Image
+
+    photo = Image.merge(
+        "RGB", [Image.linear_gradient("L").resize((256, 256)).rotate(angle) for angle in (0, 90, 180)]
+    )
+    out = io.BytesIO()
+    photo.save(out, "PNG")
+    body = post_image(client, auth, out.getvalue(), name="photo.png").get_json()
+    assert "looks like a colour photograph, not a radiograph" in body["warnings"]
