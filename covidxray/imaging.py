@@ -107,7 +107,7 @@ def _decode(data: bytes, fmt: str, size: int, max_pixels: int) -> tuple[Image.Im
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+            img: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
             _check_geometry(img.size, max_pixels)
             if fmt == "gif" and getattr(img, "n_frames", 1) > 1:
                 raise UnsupportedType("animated GIFs are not accepted; send a single still image")

@@ -8,6 +8,7 @@ from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from . import api
 from .auth import bearer_token
 from .settings import Settings
 
@@ -33,7 +34,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         storage_uri="memory://",
         default_limits_exempt_when=lambda: request.path in UNLIMITED,
     )
-    limiter.limit(settings.rate_limit, key_func=_token_key, exempt_when=_no_token)(app.blueprints["api"])
+    limiter.limit(settings.rate_limit, key_func=_token_key, exempt_when=_no_token)(api.bp)
 
 
 def _token_key() -> str:
