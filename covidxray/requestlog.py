@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,3 @@ def open_request_log(uri: str) -> RequestLog:
         return SqliteRequestLog(uri.split(":///", 1)[1])
     raise ValueError(f"unknown request log {uri!r}; known schemes: sqlite:///")
 
-
-def record_as_dict(rec: PredictionRecord) -> dict[str, Any]:
-    """A JSON-ready dict of a record."""
-    return asdict(rec)
