@@ -2,9 +2,231 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
 @click.group()
 def main() -> None:
     """covidxray: chest X-ray classification (covid, pneumonia, normal)."""
+
+
+# --- model commands: train, evaluate, predict ---------------------------------------------------
+
+
+def _setup_logging() -> None:
+    """Send library log lines to stderr for the command-line tools."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="folder with train/<label>/ and val/<label>/",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
+)
+@click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
+@click.option("--seed", type=int, default=None, help="random seed")
+def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> None:
+    """Train the CNN; write FILE.keras, its ONNX twin FILE.onnx and the metadata FILE.json."""
+    import json
+
+    from .training import TrainConfig
+    from .training import train as run_training
+
+    _setup_logging()
+    if out.suffix != ".keras":
+        raise click.BadParameter("must end in .keras", param_hint="--out")
+    cfg = TrainConfig()
+    cfg.epochs = epochs if epochs is not None else cfg.epochs
+    cfg.seed = seed if seed is not None else cfg.seed
+    try:
+        meta = run_training(data_dir, out, cfg)
+    except RuntimeError as exc:  # the ONNX twin disagrees with Keras
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        json.dumps({k: meta[k] for k in ("name", "version", "temperature", "val", "onnx_max_abs_diff")})
+    )
+
+
+@main.command()
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="folder with <label>/ subfolders",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="the .keras model (default: the shipped one)",
+)
+@click.option("--backend", type=click.Choice(["keras"]), default="keras", show_default=True)
+@click.option(
+    "--runtime",
+    "runtime_name",
+    type=click.Choice(["onnx", "keras"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: the served twin; keras: the Keras model itself",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="also write confusion-matrix, ROC and reliability PNGs here",
+)
+def evaluate(
+    data_dir: Path,
+    model_path: Path | None,
+    backend: str,
+    runtime_name: str,
+    as_json: bool,
+    report: Path | None,
+) -> None:
+    """Evaluate a model on DATA/<label>/* (through the serving runtime by default)."""
+    import json
+
+    from . import evaluation
+    from .runtime import DEFAULT_MODEL, load_runtime, run_files
+    from .training import list_images
+
+    runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
+    files, labels = list_images(data_dir)
+    if not files:
+        raise click.ClickException(f"no images under {data_dir}/<label>/")
+    logits, errors = run_files(runtime, files, progress=not as_json)
+    bad = [f"{f}: {e}" for f, e in zip(files, errors, strict=True) if e]
+    if bad:
+        raise click.ClickException("unusable images:\n" + "\n".join(bad))
+    patients = sources = None
+    shortcut: list[str] = []
+    manifest = evaluation.find_manifest(data_dir)
+    if manifest is not None:
+        rows = evaluation.read_manifest(manifest)
+        patients = [rows[f.resolve()]["patient_id"] for f in files]
+        sources = [p.split("-", 1)[0] for p in patients]
+        shortcut = evaluation.covid_bearing_sources(rows)
+    result = evaluation.evaluate_logits(logits, labels, runtime.info.temperature, patients, sources, shortcut)
+    result.update(
+        backend=backend,
+        runtime=runtime.name,
+        model={"name": runtime.info.name, "version": runtime.info.version},
+        manifest=str(manifest) if manifest else None,
+    )
+    if report is not None:
+        evaluation.write_report(report, result, logits, labels)
+    click.echo(json.dumps(result, indent=2) if as_json else evaluation.format_table(result))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--runtime", "runtime_name", type=click.Choice(["onnx", "keras"]), default="onnx", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write a CSV file",
+)
+def predict(
+    paths: tuple[Path, ...], model_path: Path | None, runtime_name: str, as_json: bool, csv_path: Path | None
+) -> None:
+    """Classify image files (or folders of them) offline."""
+    import csv
+    import json
+    import os
+
+    from .calibration import softmax
+    from .labels import UNCERTAIN
+    from .runtime import DEFAULT_MODEL, load_runtime, run_files
+    from .training import IMAGE_SUFFIXES
+
+    if as_json and csv_path:
+        raise click.UsageError("--json and --csv are exclusive")
+    files = [
+        f
+        for p in paths
+        for f in (sorted(p.rglob("*")) if p.is_dir() else [p])
+        if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or not p.is_dir())
+    ]
+    runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
+    threshold = float(os.environ.get("COVIDXRAY_UNCERTAIN_BELOW", "0.6"))
+    logits, errors = run_files(runtime, files, progress=True)
+    labels = runtime.info.labels
+    rows = []
+    for path, row, error in zip(files, logits, errors, strict=True):
+        if error:
+            rows.append({"file": str(path), "predicted_class": None, "score": None, "error": error})
+            continue
+        probs = softmax(row, runtime.info.temperature)
+        top = int(probs.argmax())
+        rows.append(
+            {
+                "file": str(path),
+                "predicted_class": labels[top] if probs[top] >= threshold else UNCERTAIN,
+                "score": round(float(probs[top]), 4),
+                "probabilities": {k: round(float(v), 4) for k, v in zip(labels, probs, strict=True)},
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif csv_path:
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "predicted_class", "score", *labels, "error"])
+            for r in rows:
+                probs_row = (
+                    [r["probabilities"][k] for k in labels] if "probabilities" in r else [""] * len(labels)
+                )
+                writer.writerow(
+                    [r["file"], r["predicted_class"] or "", r["score"] or "", *probs_row, r.get("error", "")]
+                )
+        click.echo(f"wrote {len(rows)} rows to {csv_path}")
+    else:
+        for r in rows:
+            detail = r.get("error") or "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
+            click.echo(f"{r['file']}\t{r['predicted_class'] or 'error'}\t{detail}")
+
+
+# --- service commands ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--subject", required=True, help="who the token speaks for (the `sub` claim)")
+@click.option(
+    "--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="lifetime in seconds"
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(["predict", "read", "admin"]),
+    help="repeat for several; default: predict and read",
+)
+def token(subject: str, ttl: int, scopes: tuple[str, ...]) -> None:
+    """Print a signed JWT for the API, with the service's own settings and keys."""
+    from .auth import issue_token
+    from .settings import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env().validated()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(issue_token(settings, subject, ttl=ttl, scopes=scopes or ("predict", "read")))

@@ -1,0 +1,91 @@
+"""The CNN: a small residual network with a global-average-pooling head straight into the logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+FEATURES = "features"
+LOGITS = "logits"
+
+
+def _conv_bn(x: keras.KerasTensor, filters: int, stride: int = 1, act: bool = True) -> keras.KerasTensor:
+    """3×3 convolution, batch normalisation and (optionally) ReLU."""
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x) if act else x
+
+
+def _stage(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    """Halve the resolution with a strided convolution, then one residual block."""
+    x = _conv_bn(x, filters, stride=2)
+    y = _conv_bn(x, filters)
+    y = _conv_bn(y, filters, act=False)
+    return layers.ReLU()(layers.Add()([x, y]))
+
+
+def build_model(
+    size: int = 224,
+    widths: tuple[int, ...] = (16, 32, 64, 128, 192),
+    n_classes: int = 3,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """Return a Keras model mapping (size, size, 1) images to [logits, last feature maps].
+
+    The head is global average pooling straight into one Dense layer, so class activation
+    maps computed from the feature maps and the Dense kernel are exact.
+    """
+    inputs = keras.Input((size, size, 1), name="image")
+    x = layers.Rescaling(2.0, offset=-1.0)(inputs)
+    x = _conv_bn(x, widths[0], stride=2)
+    for width in widths[1:]:
+        x = _stage(x, width)
+    features = layers.Identity(name=FEATURES)(x)
+    pooled = layers.GlobalAveragePooling2D()(features)
+    pooled = layers.Dropout(dropout)(pooled)
+    logits = layers.Dense(n_classes, name=LOGITS)(pooled)
+    return keras.Model(inputs, [logits, features], name="covidxray_cnn")
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """Return a view of `model` with the logits as its only output (shares the weights; for training)."""
+    return keras.Model(model.inputs, model.outputs[0])
+
+
+def output_layer(model: keras.Model) -> layers.Dense:
+    """Return the Dense layer that maps pooled features to logits."""
+    return model.get_layer(LOGITS)
+
+
+def export_onnx(model: keras.Model, path: Path, opset: int = 17) -> None:
+    """Write the ONNX twin of `model` (input `image`; outputs `logits` and `features`) via tf2onnx."""
+    import tensorflow as tf
+    import tf2onnx
+
+    size = model.inputs[0].shape[1]
+    spec = (tf.TensorSpec((None, size, size, 1), tf.float32, name="image"),)
+
+    @tf.function(input_signature=spec)
+    def forward(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits, features = model(image, training=False)
+        return {LOGITS: tf.identity(logits, name=LOGITS), FEATURES: tf.identity(features, name=FEATURES)}
+
+    tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset, output_path=str(path))
+
+
+def check_twin(model: keras.Model, onnx_path: Path, batch: np.ndarray, tolerance: float) -> dict[str, float]:
+    """Compare the ONNX twin with `model` on `batch`; raise RuntimeError beyond `tolerance`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    twin = session.run([LOGITS, FEATURES], {"image": batch.astype(np.float32)})
+    ours = [np.asarray(t) for t in model(batch, training=False)]
+    diffs = {
+        name: float(np.abs(a - b).max()) for name, a, b in zip((LOGITS, FEATURES), twin, ours, strict=True)
+    }
+    if max(diffs.values()) > tolerance:
+        raise RuntimeError(f"the ONNX twin disagrees with the Keras model: {diffs} (tolerance {tolerance})")
+    return diffs

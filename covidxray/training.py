@@ -1,0 +1,212 @@
+"""Training: pre-decoded arrays, chest-film augmentation, weighted fit, calibration and export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from . import calibration
+from .imaging import PREPROCESSING_VERSION, prepare
+from .labels import LABELS
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif"}
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (stored in the metadata JSON)."""
+
+    size: int = 224
+    widths: tuple[int, ...] = (16, 32, 64, 128, 192)
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    dropout: float = 0.3
+    patience: int = 12
+    source_balance: float = 0.5  # exponent of the inverse (source, label) frequency weight
+    ema: float = 0.99  # exponential moving average of the weights (0: off), used for val and saved
+    seed: int = 20261125
+
+
+def list_images(folder: Path) -> tuple[list[Path], np.ndarray]:
+    """Return the image files under `folder/<label>/` and their label indices."""
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, label in enumerate(LABELS):
+        for path in sorted((folder / label).glob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+                labels.append(index)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def load_arrays(files: list[Path], size: int, workers: int = 2) -> np.ndarray:
+    """Decode `files` through `prepare` into uint8 (n, size, size, 1); lossless, tensors are k/255."""
+
+    def one(path: Path) -> np.ndarray:
+        return np.round(prepare(path.read_bytes(), size).tensor * 255.0).astype(np.uint8)
+
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(pool.map(one, files))
+    return np.stack(arrays) if arrays else np.zeros((0, size, size, 1), np.uint8)
+
+
+def source_of(path: Path) -> str:
+    """Return the source key of a data-set file named `<source>_<patient>_<hash>.jpg` ('' if none)."""
+    return path.name.split("_", 1)[0] if "_" in path.name else ""
+
+
+def sample_weights(labels: np.ndarray, sources: list[str], balance: float) -> np.ndarray:
+    """Class-balanced weights, times inverse (source, label) frequency to the power `balance`, mean 1."""
+    n_classes = len(LABELS)
+    class_counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = len(labels) / (n_classes * np.maximum(class_counts[labels], 1.0))
+    groups = Counter(zip(sources, labels.tolist(), strict=True))
+    for i, key in enumerate(zip(sources, labels.tolist(), strict=True)):
+        share = groups[key] / class_counts[key[1]]
+        weights[i] *= share ** (-balance)
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def augmenter(seed: int):  # noqa: ANN201 (a keras.Sequential; keras is imported lazily)
+    """Augmentation suited to chest films: small rotation, shift, zoom, brightness and contrast."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomRotation(0.025, fill_mode="constant", seed=seed),  # about ±9°
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.12, 0.08), fill_mode="constant", seed=seed + 2),
+            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 3),
+            layers.RandomContrast(0.2, seed=seed + 4),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, cfg: TrainConfig, train: bool):  # noqa: ANN201
+    """Build the tf.data pipeline (augmentation outside the exported model)."""
+    import tensorflow as tf
+
+    parts = (x, y) if w is None else (x, y, w)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if train:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+
+    def to_float(xb, *rest):  # noqa: ANN001, ANN202
+        return (tf.cast(xb, tf.float32) / 255.0, *rest)
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if train:
+        aug = augmenter(cfg.seed)
+
+        def augment(xb, *rest):  # noqa: ANN001, ANN202
+            return (tf.clip_by_value(aug(xb, training=True), 0.0, 1.0), *rest)
+
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # noqa: ANN201
+    """Train on the two folders; return (model, val logits, val labels, history, a few val images)."""
+    import keras
+
+    from .model import build_model, logits_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    train_files, y_train = list_images(train_dir)
+    val_files, y_val = list_images(val_dir)
+    if len(train_files) == 0 or len(val_files) == 0:
+        raise ValueError(f"no images under {train_dir} or {val_dir}")
+    log.info("decoding %d training and %d validation images", len(train_files), len(val_files))
+    x_train, x_val = load_arrays(train_files, cfg.size), load_arrays(val_files, cfg.size)
+    w_train = sample_weights(y_train, [source_of(p) for p in train_files], cfg.source_balance)
+    model = build_model(cfg.size, cfg.widths, len(LABELS), cfg.dropout)
+    trainable = logits_model(model)
+    steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, warmup_target=None)
+    trainable.compile(
+        optimizer=keras.optimizers.AdamW(
+            schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99
+        ),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    one_hot = np.eye(len(LABELS), dtype=np.float32)
+    callbacks: list = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema > 0 else []
+    callbacks.append(
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+    )
+    history = trainable.fit(
+        make_dataset(x_train, one_hot[y_train], w_train, cfg, train=True),
+        validation_data=make_dataset(x_val, one_hot[y_val], None, cfg, train=False),
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    val_logits = np.asarray(trainable.predict(x_val.astype(np.float32) / 255.0, verbose=0))
+    return model, val_logits, y_val, history.history, x_val[:12].astype(np.float32) / 255.0
+
+
+def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int = 1) -> dict:
+    """Train, calibrate on val, write FILE.keras, FILE.onnx and FILE.json; return the metadata."""
+    data_dir, out = Path(data_dir), Path(out)
+    started = time.monotonic()
+    model, val_logits, y_val, history, val_probe = fit(data_dir / "train", data_dir / "val", cfg, verbose)
+    temperature = calibration.fit_temperature(val_logits, y_val)
+    ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), y_val)
+    ece_after = calibration.expected_calibration_error(calibration.softmax(val_logits, temperature), y_val)
+    epochs_run = len(history.get("loss", []))
+    meta = {
+        "name": out.stem,
+        "version": f"{date.today():%Y.%m}.1",
+        "labels": list(LABELS),
+        "input_size": cfg.size,
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "temperature": temperature,
+        "outputs": {"logits": "logits", "features": "features"},
+        "val": {
+            "n": int(len(y_val)),
+            "accuracy": float((val_logits.argmax(1) == y_val).mean()),
+            "ece_uncalibrated": ece_before,
+            "ece": ece_after,
+        },
+        "training": {
+            "config": asdict(cfg),
+            "epochs_run": epochs_run,
+            "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    }
+    return save_model(model, out, meta, probe=val_probe)
+
+
+def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) -> dict:  # noqa: ANN001
+    """Write FILE.keras, its ONNX twin FILE.onnx (checked against Keras on `probe`) and FILE.json."""
+    from .model import check_twin, export_onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    onnx_path = out.with_suffix(".onnx")
+    export_onnx(model, onnx_path)
+    size = int(model.inputs[0].shape[1])
+    noise = np.random.default_rng(0).random((4, size, size, 1), dtype=np.float32)
+    probe = noise if probe is None else np.concatenate([noise, probe.astype(np.float32)])
+    meta = {**meta, "onnx_max_abs_diff": check_twin(model, onnx_path, probe, ONNX_TOLERANCE)}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("wrote %s, %s and %s", out, onnx_path, out.with_suffix(".json"))
+    return meta

@@ -1,0 +1,111 @@
+"""Tests for the runtimes: the ONNX twin agrees with Keras; metadata; no TensorFlow on the ONNX path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidxray.imaging import PREPROCESSING_VERSION
+from covidxray.runtime import DEFAULT_MODEL, KerasRuntime, ModelInfo, OnnxRuntime, load_runtime
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small model (random weights, trained-looking BN statistics) with its twin and JSON."""
+    from covidxray.model import build_model
+    from covidxray.training import save_model
+
+    model = build_model(96, (8, 16, 24), dropout=0.0)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial batch-norm statistics so the comparison means something
+        if layer.__class__.__name__ == "BatchNormalization":
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    gamma * rng.uniform(0.5, 2, gamma.shape),
+                    rng.normal(0, 0.5, beta.shape),
+                    rng.normal(0, 0.5, mean.shape),
+                    rng.uniform(0.2, 2, var.shape),
+                ]
+            )
+    dense = model.get_layer("logits")
+    dense.set_weights([dense.get_weights()[0], rng.normal(0, 1, 3)])
+    out = tmp_path_factory.mktemp("model") / "small.keras"
+    meta = {
+        "name": "small",
+        "version": "2026.11.0",
+        "labels": ["covid", "pneumonia", "normal"],
+        "input_size": 96,
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "temperature": 1.25,
+        "note": "x",
+    }
+    save_model(model, out, meta)
+    return out
+
+
+def test_model_info_loads_known_fields_and_keeps_the_rest(model_path: Path) -> None:
+    info = ModelInfo.load(model_path.with_suffix(".json"))
+    assert info.labels == ("covid", "pneumonia", "normal")
+    assert (info.name, info.version, info.input_size, info.temperature) == ("small", "2026.11.0", 96, 1.25)
+    assert info.extra["note"] == "x"
+
+
+def test_onnx_twin_agrees_with_keras_on_logits_and_features(model_path: Path) -> None:
+    onnx_rt, keras_rt = load_runtime(model_path), load_runtime(model_path, "keras")
+    assert isinstance(onnx_rt, OnnxRuntime) and isinstance(keras_rt, KerasRuntime)
+    assert (onnx_rt.name, keras_rt.name) == ("onnx", "keras")
+    batch = np.random.default_rng(1).random((3, 96, 96, 1), dtype=np.float32)
+    (lo, fo), (lk, fk) = onnx_rt.run(batch), keras_rt.run(batch)
+    assert lo.shape == (3, 3) and fo.shape == fk.shape == (3, 12, 12, 24)
+    np.testing.assert_allclose(lo, lk, atol=1e-4)
+    np.testing.assert_allclose(fo, fk, atol=1e-4)
+
+
+def test_output_weights_give_exact_class_activation_maps(model_path: Path) -> None:
+    onnx_rt, keras_rt = load_runtime(model_path), load_runtime(model_path, "keras")
+    (k1, b1), (k2, b2) = onnx_rt.output_weights, keras_rt.output_weights
+    np.testing.assert_allclose(k1, k2, atol=1e-7)
+    np.testing.assert_allclose(b1, b2, atol=1e-7)
+    batch = np.random.default_rng(2).random((2, 96, 96, 1), dtype=np.float32)
+    logits, features = onnx_rt.run(batch)
+    cams = features @ k1 + b1  # (n, h, w, 3); their spatial mean is the logits
+    np.testing.assert_allclose(cams.mean(axis=(1, 2)), logits, atol=1e-4)
+
+
+def test_check_twin_fails_beyond_tolerance(model_path: Path) -> None:
+    import keras
+
+    from covidxray.model import check_twin
+
+    model = keras.models.load_model(model_path, compile=False)
+    batch = np.zeros((1, 96, 96, 1), np.float32)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        check_twin(model, model_path.with_suffix(".onnx"), batch, tolerance=-1.0)
+
+
+def test_unknown_runtime_is_refused(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown runtime"):
+        load_runtime(model_path, "tflite")
+
+
+def test_default_model_is_resolved_from_the_package_not_the_cwd() -> None:
+    assert DEFAULT_MODEL.is_absolute()
+    assert DEFAULT_MODEL.parent == Path(__file__).resolve().parent.parent / "app-keras" / "model"
+
+
+def test_onnx_path_never_imports_tensorflow(model_path: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from covidxray.runtime import load_runtime\n"
+        f"rt = load_runtime({str(model_path)!r})\n"
+        "rt.run(np.zeros((1, 96, 96, 1), np.float32)); rt.output_weights\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert json.loads(model_path.with_suffix(".json").read_text())["onnx_max_abs_diff"]["logits"] <= 1e-4
