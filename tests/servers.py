@@ -61,7 +61,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout} s:\n{log.read_text()}")
