@@ -230,3 +230,16 @@ def token(subject: str, ttl: int, scopes: tuple[str, ...]) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(issue_token(settings, subject, ttl=ttl, scopes=scopes or ("predict", "read")))
+
+
+@main.command(
+    "automl-emulator",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def automl_emulator(args: tuple[str, ...]) -> None:
+    """Local stand-in for the Vertex AI / AutoML prediction service (see --help)."""
+    from .automl_emulator import main as run
+
+    run(list(args))
