@@ -25,6 +25,21 @@ serve:
 run: install
 	$(MAKE) serve
 
+AUTOML_PORT ?= 8081
+STANDIN ?= 127.0.0.1:8091
+
+# The AutoML service on http://127.0.0.1:$(AUTOML_PORT), against the local stand-in (our own model behind
+# the Vertex AI Predict protocol): for development only.
+run-automl: install
+	@$(BIN)/covidxray automl-emulator --host $(word 1,$(subst :, ,$(STANDIN))) --port $(word 2,$(subst :, ,$(STANDIN))) & \
+	standin=$$!; trap 'kill $$standin 2>/dev/null' EXIT; \
+	until $(BIN)/python -c 'import sys; from covidxray.automl_emulator import control; control(sys.argv[1], timeout=0.5)' $(STANDIN) 2>/dev/null; do \
+	  kill -0 $$standin 2>/dev/null || { echo "the AutoML stand-in did not start" >&2; exit 1; }; sleep 0.2; \
+	done; \
+	cd app-automl && HOST=127.0.0.1 PORT=$(AUTOML_PORT) COVIDXRAY_AUTOML_API_ENDPOINT=$(STANDIN) \
+	  COVIDXRAY_AUTOML_ENDPOINT=$${COVIDXRAY_AUTOML_ENDPOINT:-projects/local/locations/us-central1/endpoints/standin} \
+	  ../$(BIN)/gunicorn -c python:covidxray.gunicorn_conf wsgi:app
+
 test-deps: install
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
