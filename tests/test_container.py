@@ -299,9 +299,9 @@ OPTIONAL = {"keras", "tensorflow"}
             "keras",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="pyproject.toml: the serve extra lacks onnx (explain=1 heatmaps, covidxray/runtime.py) "
-                "and the gcp extra google-cloud-storage and google-cloud-bigquery (gs://, bigquery://); "
-                "remove this mark once they are declared",
+                reason="pyproject.toml: the serve extra lacks onnx (explain=1 heatmaps) and the gcp "
+                "extra google-cloud-storage and google-cloud-bigquery (gs://, bigquery://); remove this "
+                "mark once they are declared",
             ),
         ),
         "automl",
