@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export HOST PORT
 
-.PHONY: install serve run run-automl test test-deps lint bench
+.PHONY: install serve run run-automl test test-deps lint bench load images
 
 install: $(VENV)/.installed
 
@@ -53,3 +53,24 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+LOAD_USERS ?= 5
+LOAD_TIME ?= 30s
+LOAD_PORT ?= 8090
+
+# locust (locustfile.py), headless, against a fresh local gunicorn with rate limits off; prints the stats.
+load: install
+	@set -euo pipefail; data="$$(mktemp -d)"; \
+	export COVIDXRAY_ENV=development COVIDXRAY_RATE_LIMIT= COVIDXRAY_DATA_DIR="$$data" HOST=127.0.0.1 PORT=$(LOAD_PORT); \
+	(cd app-keras && exec ../$(BIN)/gunicorn -c python:covidxray.gunicorn_conf wsgi:app) >"$$data/gunicorn.log" 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null; rm -rf "$$data"' EXIT; \
+	until $(BIN)/python -c 'import urllib.request as r; r.urlopen("http://127.0.0.1:$(LOAD_PORT)/readyz", timeout=5)' 2>/dev/null; do \
+	  kill -0 $$server 2>/dev/null || { cat "$$data/gunicorn.log"; exit 1; }; sleep 0.5; \
+	done; \
+	$(BIN)/locust -f locustfile.py --headless --users $(LOAD_USERS) --spawn-rate $(LOAD_USERS) \
+	  --run-time $(LOAD_TIME) --host http://127.0.0.1:$(LOAD_PORT) --only-summary
+
+# Both container images (needs a Docker engine).
+images:
+	docker build --build-arg SERVICE=keras -t covidxray-keras .
+	docker build --build-arg SERVICE=automl -t covidxray-automl .

@@ -292,21 +292,7 @@ OTHER_BACKEND = {"keras": ("automl",), "automl": ("runtime",)}
 OPTIONAL = {"keras", "tensorflow"}
 
 
-@pytest.mark.parametrize(
-    "service",
-    [
-        pytest.param(
-            "keras",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pyproject.toml: the serve extra lacks onnx (explain=1 heatmaps) and the gcp "
-                "extra google-cloud-storage and google-cloud-bigquery (gs://, bigquery://); remove this "
-                "mark once they are declared",
-            ),
-        ),
-        "automl",
-    ],
-)
+@pytest.mark.parametrize("service", ["keras", "automl"])
 def test_image_installs_every_module_its_service_imports(service):
     installed = distributions([build_extras()[service], cloud_extra()])
     entry = [ROOT / "covidxray" / name for name in ("app.py", "gunicorn_conf.py")]  # what gunicorn loads
