@@ -1,0 +1,166 @@
+"""One benchmark run: compute limit, the service and the original design served side by side, memory."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from covidxray.auth import issue_token
+from covidxray.runtime import DEFAULT_MODEL, ModelInfo
+from covidxray.settings import Settings
+
+from .clients import Load, run_python, run_wrk, wrk_path
+from .compute import PROCESSES, compute_limit, stage_times
+from .images import BenchImage, bench_images
+from .machine import cpu_ticks, describe
+from .plan import Plan
+from .servers import ROOT, THREADS, WORKERS, Served, serve
+
+log = logging.getLogger(__name__)
+SECRET = "bench-jwt-secret-" + "k" * 32
+
+
+def run(plan: Plan, model: Path | None = None) -> dict[str, Any]:
+    """Measure everything the plan asks for and return the results as a JSON-ready dict."""
+    if not plan.quick:
+        wrk_path()  # fail before measuring anything
+    model = model or Settings.from_env().model or DEFAULT_MODEL
+    images = bench_images()
+    token = issue_token(Settings(jwt_keys={"": SECRET}), "bench", ttl=6 * 3600)
+    results: dict[str, Any] = {
+        "mode": "quick" if plan.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": describe(),
+        "setup": {
+            "gunicorn_workers": WORKERS,
+            "gunicorn_threads": THREADS,
+            "original_workers": plan.original_workers,
+            "compute_processes": PROCESSES,
+            "client": "python" if plan.quick else "wrk (1 thread, same machine)",
+        },
+        "model": _model_info(model),
+        "images": {
+            i.name: {"format": i.format, "width": i.width, "height": i.height, "bytes": len(i.data)}
+            for i in images
+        },
+    }
+    log.info("compute limit")
+    results["compute"] = {
+        i.name: {
+            "images_per_s": round(compute_limit(i, model, plan.compute_seconds), 1),
+            **stage_times(i, model, plan.stage_repeats),
+        }
+        for i in images
+    }
+    with tempfile.TemporaryDirectory(prefix="covidxray-bench-") as tmp:
+        work = Path(tmp)
+        files = {}
+        for image in images:
+            files[image.name] = work / image.filename
+            files[image.name].write_bytes(image.data)
+        log.info("service")
+        with serve("service", work / "service", SECRET, token, images[-1], model) as served:
+            results["service"] = _service(served, plan, images, files, token)
+        log.info("original design")
+        with serve(
+            "original", work / "original", SECRET, token, images[-1], model, plan.original_workers
+        ) as served:
+            results["original"] = _original(served, plan, images, files, token)
+    return results
+
+
+def _load(
+    served: Served, plan: Plan, image: BenchImage, path: Path, token: str, level: int, seconds: float
+) -> Load:
+    """One latency run at `level`, then wait for the server to drain."""
+    if plan.quick:
+        load = run_python(served.base, image, token, level, 2 * level if served.design == "service" else 1)
+    else:
+        load = run_wrk(served.base, [path], token, level, seconds)
+    wait_idle(served)
+    return load
+
+
+def _levels(
+    served: Served,
+    plan: Plan,
+    images: tuple[BenchImage, ...],
+    files: dict[str, Path],
+    token: str,
+    levels: tuple[int, ...],
+    seconds: float,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for image in images:
+        loads = {
+            str(c): _load(served, plan, image, files[image.name], token, c, seconds).as_dict() for c in levels
+        }
+        out[image.name] = {"levels": loads, "saturation_rps": max(x["rps"] for x in loads.values())}
+        log.info("%s %s: %s rps", served.design, image.name, out[image.name]["saturation_rps"])
+    return out
+
+
+def _service(
+    served: Served, plan: Plan, images: tuple[BenchImage, ...], files: dict[str, Path], token: str
+) -> dict[str, Any]:
+    """Cold start, RSS over the soak run, then the latency runs of the service."""
+    for image in images:  # warm-up: every worker and thread sees every image
+        run_python(served.base, image, token, 2 * THREADS, 4 * THREADS)
+    wait_idle(served)
+    before = served.memory_mb()
+    if plan.quick:
+        soak = run_python(served.base, images[0], token, plan.soak_concurrency, plan.soak_requests)
+    else:
+        soak = run_wrk(
+            served.base,
+            list(files.values()),
+            token,
+            plan.soak_concurrency,
+            600,
+            max_requests=plan.soak_requests,
+        )
+    wait_idle(served)
+    after = served.memory_mb()
+    memory = {
+        "rss_before_soak_mb": before,
+        "rss_after_soak_mb": after,
+        "soak": soak.as_dict(),
+        "rss_growth": max((a - b) / b for a, b in zip(after, before, strict=True)),
+    }
+    served_out = _levels(served, plan, images, files, token, plan.levels, plan.service_seconds)
+    memory["peak_rss_mb"] = served.memory_mb("VmHWM")
+    return {"cold_start_s": served.cold_start_s, "memory": memory, "served": served_out}
+
+
+def _original(
+    served: Served, plan: Plan, images: tuple[BenchImage, ...], files: dict[str, Path], token: str
+) -> dict[str, Any]:
+    """Cold start, latency runs and peak RSS of the original design."""
+    served_out = _levels(served, plan, images, files, token, plan.original_levels, plan.original_seconds)
+    return {
+        "cold_start_s": served.cold_start_s,
+        "served": served_out,
+        "memory": {"peak_rss_mb": served.memory_mb("VmHWM")},
+    }
+
+
+def wait_idle(served: Served, quiet_ticks: int = 2, timeout: float = 120) -> None:
+    """Wait until the workers stop using CPU (requests left over by a finished load run are done)."""
+    deadline = time.monotonic() + timeout
+    last = sum(cpu_ticks(pid) for pid in served.worker_pids())
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = sum(cpu_ticks(pid) for pid in served.worker_pids())
+        if now - last <= quiet_ticks:
+            return
+        last = now
+
+
+def _model_info(model: Path) -> dict[str, Any]:
+    """Which model was measured."""
+    info = ModelInfo.load(model.with_suffix(".json"))
+    shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+    return {"path": str(shown), "name": info.name, "version": info.version, "input_size": info.input_size}

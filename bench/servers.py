@@ -1,0 +1,135 @@
+"""Start a design under gunicorn as production does, time its cold start and read its workers' memory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .clients import multipart, post
+from .images import BenchImage
+
+ROOT = Path(__file__).resolve().parent.parent
+#: design -> (working directory, WSGI target): the service exactly as the container runs it.
+DESIGNS = {"service": (ROOT / "app-keras", "wsgi:app"), "original": (ROOT, "bench.original_app:app")}
+WORKERS, THREADS = 2, 4
+_CLEARED = ("COVIDXRAY_RUNTIME", "COVIDXRAY_RATE_LIMIT", "COVIDXRAY_IMAGE_STORE", "COVIDXRAY_REQUEST_LOG")
+
+
+@dataclass
+class Served:
+    """A running design: its base URL, master process and cold start."""
+
+    design: str
+    base: str
+    process: subprocess.Popen[bytes]
+    cold_start_s: float
+    log: Path
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers (children of the master)."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return sorted(int(pid) for pid in path.read_text().split())
+
+    def memory_mb(self, field: str = "VmRSS") -> list[float]:
+        """`field` of /proc/<pid>/status (VmRSS now, VmHWM peak) of each worker, in MB."""
+        return [status_mb(pid, field) for pid in self.worker_pids()]
+
+
+def status_mb(pid: int, field: str) -> float:
+    """One memory field of /proc/<pid>/status in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    raise KeyError(field)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(data_dir: Path, port: int, secret: str, model: Path, workers: int) -> dict[str, str]:
+    """The production environment with embedded storage and log under `data_dir` and rate limits off."""
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env.update(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        COVIDXRAY_ENV="development",  # production's defaults, except its rate limit
+        COVIDXRAY_WORKERS=str(workers),
+        COVIDXRAY_THREADS=str(THREADS),
+        COVIDXRAY_DATA_DIR=str(data_dir),
+        COVIDXRAY_JWT_SECRET=secret,
+        COVIDXRAY_SECRET_KEY="bench-session-key-" + "s" * 32,
+        PROMETHEUS_MULTIPROC_DIR=str(data_dir / "metrics"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env["COVIDXRAY_MODEL"] = str(model)
+    return env
+
+
+@contextmanager
+def serve(
+    design: str,
+    data_dir: Path,
+    secret: str,
+    token: str,
+    probe: BenchImage,
+    model: Path,
+    workers: int = WORKERS,
+) -> Iterator[Served]:
+    """Run `design` under gunicorn until the block ends; the cold start is timed to the first 200."""
+    cwd, target = DESIGNS[design]
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"{design}.log"
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:covidxray.gunicorn_conf", target]
+    with log_path.open("wb") as log:
+        began = time.perf_counter()
+        process = subprocess.Popen(
+            command, cwd=cwd, env=environment(data_dir, port, secret, model, workers), stdout=log, stderr=log
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            cold = first_answer(base, probe, token, process, log_path) - began
+            yield Served(design, base, process, round(cold, 3), log_path)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def first_answer(
+    base: str,
+    probe: BenchImage,
+    token: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 120,
+) -> float:
+    """Post `probe` until the first 200 and return when it came (perf_counter)."""
+    body, content_type = multipart(probe)
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            status = post(base, body, content_type, token, timeout=timeout)
+        except (ConnectionRefusedError, ConnectionResetError):
+            time.sleep(0.005)
+            continue
+        if status == 200:
+            return time.perf_counter()
+        raise RuntimeError(f"the first answer was {status}:\n{log.read_text()[-4000:]}")
+    raise TimeoutError(f"no answer from {base} after {timeout} s:\n{log.read_text()[-4000:]}")
