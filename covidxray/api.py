@@ -127,11 +127,13 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 def readyz() -> Any:
-    """200 once the local predictor is loaded."""
+    """200 once the local predictor is loaded; the outbox's depth and age are told, never judged."""
     predictor = services().predictor
-    return jsonify({"status": "ready" if predictor.ready else "loading", **predictor.status()}), (
-        200 if predictor.ready else 503
-    )
+    body = {"status": "ready" if predictor.ready else "loading", **predictor.status()}
+    outbox = current_app.extensions.get("covidxray.outbox")
+    if outbox is not None:
+        body["outbox"] = outbox.state()
+    return jsonify(body), (200 if predictor.ready else 503)
 
 
 @bp.get("/api/openapi.json")

@@ -10,6 +10,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, docs, errorhandlers, history, metrics, security, web
+from .outbox import wrap_cloud_backends
 from .predictors import Predictor, make_predictor
 from .requestlog import open_request_log
 from .retention import start_sweeper
@@ -48,13 +49,14 @@ def create_app(
         )
     predictor = predictor or make_predictor(backend, settings)
     predictor.load()
-    services = Services(
-        settings=settings,
-        predictor=predictor,
-        images=open_image_store(settings.image_store),
-        log=open_request_log(settings.request_log),
+    images, requests_log, outbox = wrap_cloud_backends(
+        open_image_store(settings.image_store), open_request_log(settings.request_log), settings
     )
+    services = Services(settings=settings, predictor=predictor, images=images, log=requests_log)
     app.extensions["covidxray"] = services
+    if outbox is not None:  # cloud backends: writes go through the local outbox, shipped in the background
+        app.extensions["covidxray.outbox"] = outbox
+        outbox.start()
     if settings.retention_days is not None:
         start_sweeper(services, settings.retention_days)
     csrf = CSRFProtect(app)

@@ -229,5 +229,8 @@ def open_request_log(uri: str) -> RequestLog:
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":  # sqlite:///relative/path or sqlite:////absolute/path
         return SqliteRequestLog(uri.split(":///", 1)[1])
-    raise ValueError(f"unknown request log {uri!r}; known schemes: sqlite:///")
+    if parsed.scheme == "bigquery":
+        from .bigquery import BigQueryRequestLog  # imports the BigQuery client only when it is used
 
+        return BigQueryRequestLog(uri)
+    raise ValueError(f"unknown request log {uri!r}; known schemes: sqlite:///, bigquery://")

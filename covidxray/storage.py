@@ -81,4 +81,8 @@ def open_image_store(uri: str) -> ImageStore:
     parsed = urlparse(uri)
     if parsed.scheme == "file":  # file:///absolute/path or file://./relative/path
         return LocalImageStore(parsed.netloc + parsed.path)
-    raise ValueError(f"unknown image store {uri!r}; known schemes: file://")
+    if parsed.scheme == "gs":
+        from .gcs import GCSImageStore  # imports the Cloud Storage client only when it is used
+
+        return GCSImageStore(uri)
+    raise ValueError(f"unknown image store {uri!r}; known schemes: file://, gs://")
