@@ -243,3 +243,19 @@ def automl_emulator(args: tuple[str, ...]) -> None:
     from .automl_emulator import main as run
 
     run(list(args))
+
+
+@main.command("bigquery-init")
+def bigquery_init() -> None:
+    """Create or migrate the BigQuery dataset, table, view and audit table of COVIDXRAY_REQUEST_LOG."""
+    from .bigquery import init_bigquery
+    from .settings import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not settings.request_log.startswith("bigquery://"):
+        raise click.UsageError("set COVIDXRAY_REQUEST_LOG=bigquery://project/dataset/table")
+    init_bigquery(settings.request_log, retention_days=settings.retention_days)
+    click.echo(f"ready: {settings.request_log}")
