@@ -76,14 +76,23 @@ def _read_request() -> tuple[list[bytes], dict[str, list[str]]]:
         if len(files) > services().settings.max_batch:
             raise TooManyImages(f"at most {services().settings.max_batch} images per request")
         return [f.read() for f in files], request.form.to_dict(flat=False)
-    if request.content_length == 0 or (not mimetype and not request.get_data()):
+    if not (request.content_length or _raw_body()):  # an empty body, whatever its declared type
         raise MissingImage("the request has no body; send the X-ray as a multipart file named `image`")
     if mimetype in RAW_TYPES:
-        return [request.get_data()], request.args.to_dict(flat=False)
+        return [_raw_body()], request.args.to_dict(flat=False)
     raise UnsupportedType(
         "send multipart/form-data with a file named `image`, or a raw image/png, image/jpeg "
         "or application/dicom body"
     )
+
+
+def _raw_body() -> bytes:
+    """The request body; one streamed without Content-Length past the upload limit is a 413."""
+    data = request.get_data()
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        request.stream.read(1)  # Werkzeug stopped reading at the limit: reading on raises its 413
+    return data
 
 
 def _nonempty(data: bytes) -> bytes:

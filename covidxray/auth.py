@@ -80,7 +80,7 @@ def verify_token(settings: Settings, token: str) -> Principal:
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("expired") from exc
-    except jwt.InvalidTokenError as exc:
+    except jwt.PyJWTError as exc:  # InvalidKeyError too: a key PyJWT refuses as an HMAC secret (a PEM)
         raise Unauthorized(type(exc).__name__) from exc
     return Principal(subject=str(claims["sub"]), scopes=_scopes(claims.get("scope")))
 
@@ -114,7 +114,8 @@ def authenticate(scope: str) -> Principal:
         raise
     if not principal.allows(scope):
         log.info("token lacks scope", extra={"reason": "scope", "scope": scope})
-        raise Forbidden()
+        challenge = f'Bearer realm="covidxray", error="insufficient_scope", scope="{scope}"'  # RFC 6750
+        raise Forbidden(headers={"WWW-Authenticate": challenge})
     g.principal = principal
     return principal
 

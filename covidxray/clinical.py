@@ -52,7 +52,8 @@ def parse_flag(values: Mapping[str, list[str]], name: str) -> bool:
 def _parse_one(name: str, raw: str) -> int | str:
     if name in RANGES:
         low, high = RANGES[name]
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        digits = raw.lstrip("0") or "0"  # ASCII digits only: str.isdigit() also accepts "٣" and "²"
+        if not (raw.isascii() and raw.isdigit()) or len(digits) > 3 or not low <= int(digits) <= high:
             raise ValueError(f"must be a whole number from {low} to {high}")
         return int(raw)
     if name == "sex":

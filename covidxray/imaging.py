@@ -7,12 +7,13 @@ turn bytes into the model's input tensor through it, so they cannot disagree.
 from __future__ import annotations
 
 import io
+import struct
 import warnings as _warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage, UnsupportedType
 
@@ -30,7 +31,19 @@ _DECODE_ERRORS = (
     EOFError,
     UnidentifiedImageError,
     Image.DecompressionBombError,
+    struct.error,  # and IndexError: Pillow's GIF frame walk on a damaged file
+    IndexError,
 )
+#: EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass
@@ -111,15 +124,22 @@ def _decode(data: bytes, fmt: str, size: int, max_pixels: int) -> tuple[Image.Im
             _check_geometry(img.size, max_pixels)
             if fmt == "gif" and getattr(img, "n_frames", 1) > 1:
                 raise UnsupportedType("animated GIFs are not accepted; send a single still image")
+            full = img.size  # what is reported, not the reduced size a JPEG draft decodes at
             if fmt == "jpeg":  # decode at a reduced scale, never below twice the input size
                 img.draft(img.mode, (2 * size, 2 * size))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            loaded = img.size
+            # Not ImageOps.exif_transpose: it re-encodes the EXIF block, which fails on damaged tags.
+            orientation = img.getexif().get(ExifTags.Base.Orientation)
+            if isinstance(orientation, int) and orientation in _UPRIGHT:
+                img = img.transpose(_UPRIGHT[orientation])
     except (UnsupportedType, InvalidImage):
         raise
-    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own cap
+        raise InvalidImage(f"the image has too many pixels; at most {max_pixels} are accepted") from exc
+    except _DECODE_ERRORS as exc:
         raise InvalidImage("the image is truncated or corrupt and could not be decoded") from exc
-    width, height = img.size
+    width, height = full if img.size == loaded else full[::-1]  # an EXIF rotation by 90° swaps them
     if img.mode in ("RGB", "RGBA", "CMYK", "P", "YCbCr") and _looks_like_photo(img):
         notes = ["looks like a colour photograph, not a radiograph"]
     else:

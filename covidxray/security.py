@@ -34,7 +34,11 @@ def init_app(app: Flask, settings: Settings) -> None:
         storage_uri="memory://",
         default_limits_exempt_when=lambda: request.path in UNLIMITED,
     )
-    limiter.limit(settings.rate_limit, key_func=_token_key, exempt_when=_no_token)(api.bp)
+    # on top of the per-address default limit (which a blueprint limit would otherwise replace, letting
+    # a client that sends a new made-up token with every request go unlimited)
+    limiter.limit(settings.rate_limit, key_func=_token_key, exempt_when=_no_token, override_defaults=False)(
+        api.bp
+    )
 
 
 def _token_key() -> str:
