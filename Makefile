@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export HOST PORT
 
-.PHONY: install serve run run-automl test test-deps lint bench load images
+.PHONY: install serve run run-automl test test-deps lint bench load images soak
 
 install: $(VENV)/.installed
 
@@ -74,3 +74,8 @@ load: install
 images:
 	docker build --build-arg SERVICE=keras -t covidxray-keras .
 	docker build --build-arg SERVICE=automl -t covidxray-automl .
+
+# Soak (not part of `make test`): gunicorn under 20 locust users for 60 s, valid and hostile uploads
+# mixed, rate limits off; prints unexpected statuses (must be 0) and worker RSS; exits 1 otherwise.
+soak: install
+	$(BIN)/python soak/run.py --users 20 --duration 60

@@ -14,6 +14,8 @@ timeout = int(os.environ.get("COVIDXRAY_TIMEOUT", "30"))
 graceful_timeout = timeout
 worker_class = "gthread"
 accesslog = "-"
+# The path without its query string: a token or identifier sent there never reaches the log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 errorlog = "-"
 forwarded_allow_ips = "*" if int(os.environ.get("COVIDXRAY_TRUSTED_PROXIES", "0") or 0) else "127.0.0.1"
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="covidxray-metrics-"))
