@@ -65,6 +65,18 @@ _PREDICTION = {
         "latency_ms": {"type": "number"},
     },
 }
+_BATCH = {
+    "type": "object",
+    "required": ["results"],
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {
+                "oneOf": [{"$ref": "#/components/schemas/Prediction"}, {"$ref": "#/components/schemas/Error"}]
+            },
+        }
+    },
+}
 _CLINICAL = {
     "age": {"type": "integer", "minimum": 0, "maximum": 120},
     "sex": {"type": "string", "enum": list(SEXES)},
@@ -105,8 +117,17 @@ def _predict_operation(summary: str) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "the prediction (or `results` for several images)",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
+                "description": "the prediction; for several `image` parts, `results` with one item per image",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Prediction"},
+                                {"$ref": "#/components/schemas/Batch"},
+                            ]
+                        }
+                    }
+                },
             },
             **_errors(400, 401, 403, 413, 415, 422, 503),
         },
@@ -144,6 +165,6 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"Prediction": _PREDICTION, "Error": _ERROR},
+            "schemas": {"Prediction": _PREDICTION, "Error": _ERROR, "Batch": _BATCH},
         },
     }
