@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -170,7 +171,7 @@ def predict(
     threshold = float(os.environ.get("COVIDXRAY_UNCERTAIN_BELOW", "0.6"))
     logits, errors = run_files(runtime, files, progress=True)
     labels = runtime.info.labels
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path, row, error in zip(files, logits, errors, strict=True):
         if error:
             rows.append({"file": str(path), "predicted_class": None, "score": None, "error": error})

@@ -6,6 +6,7 @@ import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 def bootstrap_ci(
     pred: np.ndarray, labels: np.ndarray, groups: Sequence[str], n_boot: int = 2000, seed: int = 0
-) -> dict[str, list[float]]:
+) -> dict[str, list[float | None]]:
     """95 % percentile intervals of accuracy and covid recall, resampling whole groups (patients)."""
     rng = np.random.default_rng(seed)
     keys, index = np.unique(np.asarray(groups), return_inverse=True)
@@ -102,12 +103,13 @@ def bootstrap_ci(
         acc.append(correct[take].mean())
         covid = take[is_covid[take]]
         rec.append(correct[covid].mean() if len(covid) else np.nan)
-    return {
+    ci: dict[str, list[float | None]] = {
         "accuracy": [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))],
-        "covid_recall": [float(np.nanpercentile(rec, 2.5)), float(np.nanpercentile(rec, 97.5))]
-        if not np.all(np.isnan(rec))
-        else [None, None],
+        "covid_recall": [None, None],
     }
+    if not np.all(np.isnan(rec)):
+        ci["covid_recall"] = [float(np.nanpercentile(rec, 2.5)), float(np.nanpercentile(rec, 97.5))]
+    return ci
 
 
 def evaluate_logits(
@@ -210,7 +212,7 @@ def write_report(folder: Path, result: dict, logits: np.ndarray, labels: np.ndar
         ylabel="truth",
         title=f"accuracy {result['accuracy']:.3f}",
     )
-    fig.tight_layout(), fig.savefig(paths[0], dpi=120), plt.close(fig)
+    _save(fig, paths[0])
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for i, label in enumerate(LABELS):
@@ -219,7 +221,7 @@ def write_report(folder: Path, result: dict, logits: np.ndarray, labels: np.ndar
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest")
     ax.legend(loc="lower right")
-    fig.tight_layout(), fig.savefig(paths[1], dpi=120), plt.close(fig)
+    _save(fig, paths[1])
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for name, p in (("uncalibrated", calibration.softmax(logits)), ("calibrated", probs)):
@@ -228,8 +230,17 @@ def write_report(folder: Path, result: dict, logits: np.ndarray, labels: np.ndar
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE {result['ece']:.3f})")
     ax.legend(loc="upper left")
-    fig.tight_layout(), fig.savefig(paths[2], dpi=120), plt.close(fig)
+    _save(fig, paths[2])
     return paths
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write a figure as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

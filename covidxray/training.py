@@ -28,7 +28,7 @@ class TrainConfig:
 
     size: int = 224
     widths: tuple[int, ...] = (16, 32, 64, 128, 192)
-    epochs: int = 60
+    epochs: int = 45
     batch_size: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
