@@ -18,8 +18,6 @@ from covidxray.requestlog import SqliteRequestLog
 from covidxray.settings import Settings
 
 SAMPLES = Path(__file__).parent / "tests" / "samples"
-import os
-
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,11 @@ REJECTED = [
     ("wrong key", lambda: sign({"sub": "a", "exp": future()}, key="w" * 40), "InvalidSignatureError"),
     ("expired", lambda: sign({"sub": "a", "exp": int(time.time()) - 10}), "expired"),
     ("missing exp", lambda: sign({"sub": "a"}), "MissingRequiredClaimError"),
-    ("nbf in the future", lambda: sign({"sub": "a", "exp": future(), "nbf": future()}), "ImmatureSignatureError"),
+    (
+        "nbf in the future",
+        lambda: sign({"sub": "a", "exp": future(), "nbf": future()}),
+        "ImmatureSignatureError",
+    ),
     ("unknown kid", lambda: sign({"sub": "a", "exp": future()}, headers={"kid": "old"}), "unknown_kid"),
     ("malformed", lambda: "not.a.token", "malformed"),
     ("oversized", lambda: "a" * 5000, "oversized"),

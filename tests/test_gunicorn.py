@@ -29,14 +29,18 @@ def test_predictions_and_metrics_across_two_workers(server, sample_jpeg):
     ids = set()
     with requests.Session() as session:
         for _ in range(12):
-            response = session.post(f"{url}/api/v1/predict", headers=headers, files={"image": ("x.jpg", sample_jpeg)})
+            response = session.post(
+                f"{url}/api/v1/predict", headers=headers, files={"image": ("x.jpg", sample_jpeg)}
+            )
             assert response.status_code == 200, response.text
             ids.add(response.json()["id"])
         read = session.get(f"{url}/api/v1/predictions/{min(ids)}", headers=headers)
         assert read.status_code == 200
         metrics = session.get(f"{url}/metrics").text
     assert len(ids) == 12
-    counted = re.search(r'covidxray_http_requests_total\{method="POST",route="/api/v1/predict",status="200"\} (\S+)', metrics)
+    counted = re.search(
+        r'covidxray_http_requests_total\{method="POST",route="/api/v1/predict",status="200"\} (\S+)', metrics
+    )
     assert counted and float(counted.group(1)) == 12.0
     assert re.search(r'covidxray_predictions_total\{backend="keras",predicted_class="\w+"\} ', metrics)
 
@@ -45,6 +49,8 @@ def test_bad_upload_over_http_is_a_json_4xx(server):
     url, data_dir = server
     token = issue_token(Settings(data_dir=data_dir).validated(), "a")
     response = requests.post(
-        f"{url}/api/v1/predict", headers={"Authorization": f"Bearer {token}"}, files={"image": ("x.png", b"text")}
+        f"{url}/api/v1/predict",
+        headers={"Authorization": f"Bearer {token}"},
+        files={"image": ("x.png", b"text")},
     )
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_type"

@@ -54,7 +54,9 @@ def test_explain_returns_a_heatmap_url_served_as_png(client, auth, sample_jpeg):
 
 
 def test_no_heatmap_unless_asked(client, auth, sample_jpeg, stored):
-    body = client.post("/api/v1/predict", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}).get_json()
+    body = client.post(
+        "/api/v1/predict", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
     assert body["heatmap_url"] is None
     assert client.get(f"/api/v1/predictions/{body['id']}/heatmap.png", headers=auth).status_code == 404
     assert stored() == (1, 1)

@@ -19,8 +19,9 @@ from covidxray.storage import LocalImageStore, open_image_store
 
 def record(request_id: str, created_at: str = "2026-11-25T10:00:00.000000Z", **changes) -> PredictionRecord:
     fields = dict(
-        id=request_id, created_at=created_at, backend="keras", model_name="m", model_version="1", status="ok",
-        image_uri="file:///x.png", sha256="ab", format="png", size_bytes=10, width=64, height=64, latency_ms=1.5,
+        id=request_id, created_at=created_at, backend="keras", model_name="m", model_version="1",
+        status="ok", image_uri="file:///x.png", sha256="ab", format="png", size_bytes=10, width=64,
+        height=64, latency_ms=1.5,
         subject="alice", predicted_class="covid", score=0.9,
         probabilities={"covid": 0.9, "pneumonia": 0.05, "normal": 0.05}, clinical={"age": 40, "fever": 1},
         dicom={"modality": "DX"},
@@ -40,9 +41,10 @@ def test_an_old_database_is_migrated_in_place(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
         conn.execute(
-            "INSERT INTO predictions (id, created_at, backend, model_name, model_version, status, image_uri, sha256,"
-            " format, size_bytes, width, height, latency_ms, warnings) VALUES"
-            " ('old', '2026-01-01T00:00:00Z', 'keras', 'm', '0', 'ok', 'file:///o.png', 'cd', 'png', 1, 64, 64, 1, '[]')"
+            "INSERT INTO predictions (id, created_at, backend, model_name, model_version, status,"
+            " image_uri, sha256, format, size_bytes, width, height, latency_ms, warnings) VALUES"
+            " ('old', '2026-01-01T00:00:00Z', 'keras', 'm', '0', 'ok', 'file:///o.png', 'cd', 'png',"
+            " 1, 64, 64, 1, '[]')"
         )
     log = SqliteRequestLog(path)
     assert log.get("old").model_version == "0"

@@ -53,7 +53,9 @@ def test_production_starts_with_strong_secrets(monkeypatch):
     assert settings.jwt_keys == {"2026a": "a" * 40} and settings.rate_limit == "600/minute"
 
 
-@pytest.mark.parametrize(("name", "value"), [("COVIDXRAY_MAX_BATCH", "many"), ("COVIDXRAY_JWT_KEYS", "nokey")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("COVIDXRAY_MAX_BATCH", "many"), ("COVIDXRAY_JWT_KEYS", "nokey")]
+)
 def test_malformed_settings_are_named(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):

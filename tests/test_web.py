@@ -67,7 +67,9 @@ def test_missing_csrf_token_is_refused_and_stores_nothing(client, sample_jpeg, s
     ],
     ids=["no file", "text file", "broken PNG", "age out of range", "unknown sex"],
 )
-def test_bad_form_input_shows_a_message_and_stores_nothing(client, sample_jpeg, stored, data, fields, status, message):
+def test_bad_form_input_shows_a_message_and_stores_nothing(
+    client, sample_jpeg, stored, data, fields, status, message
+):
     response = submit(client, sample_jpeg if data == "sample" else data, **fields)
     assert response.status_code == status
     text = response.get_data(as_text=True)
