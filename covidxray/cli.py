@@ -73,7 +73,13 @@ def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> No
     default=None,
     help="the .keras model (default: the shipped one)",
 )
-@click.option("--backend", type=click.Choice(["keras"]), default="keras", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["keras", "automl"]),
+    default="keras",
+    show_default=True,
+    help="automl: the endpoint configured by COVIDXRAY_AUTOML_ENDPOINT",
+)
 @click.option(
     "--runtime",
     "runtime_name",
@@ -104,11 +110,16 @@ def evaluate(
     from .runtime import DEFAULT_MODEL, load_runtime, run_files
     from .training import list_images
 
-    runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
     files, labels = list_images(data_dir)
     if not files:
         raise click.ClickException(f"no images under {data_dir}/<label>/")
-    logits, errors = run_files(runtime, files, progress=not as_json)
+    if backend == "automl":
+        logits, errors, temperature, model, served_by = _automl_logits(files, progress=not as_json)
+    else:
+        runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
+        logits, errors = run_files(runtime, files, progress=not as_json)
+        temperature, served_by = runtime.info.temperature, runtime.name
+        model = {"name": runtime.info.name, "version": runtime.info.version}
     bad = [f"{f}: {e}" for f, e in zip(files, errors, strict=True) if e]
     if bad:
         raise click.ClickException("unusable images:\n" + "\n".join(bad))
@@ -120,16 +131,32 @@ def evaluate(
         patients = [rows[f.resolve()]["patient_id"] for f in files]
         sources = [p.split("-", 1)[0] for p in patients]
         shortcut = evaluation.covid_bearing_sources(rows)
-    result = evaluation.evaluate_logits(logits, labels, runtime.info.temperature, patients, sources, shortcut)
+    result = evaluation.evaluate_logits(logits, labels, temperature, patients, sources, shortcut)
     result.update(
-        backend=backend,
-        runtime=runtime.name,
-        model={"name": runtime.info.name, "version": runtime.info.version},
-        manifest=str(manifest) if manifest else None,
+        backend=backend, runtime=served_by, model=model, manifest=str(manifest) if manifest else None
     )
     if report is not None:
         evaluation.write_report(report, result, logits, labels)
     click.echo(json.dumps(result, indent=2) if as_json else evaluation.format_table(result))
+
+
+def _automl_logits(
+    files: list[Path], progress: bool
+) -> tuple[Any, list[str | None], float, dict[str, str], str]:
+    """Ask the configured AutoML endpoint; its probabilities become log-probabilities (temperature 1)."""
+    import numpy as np
+
+    from .automl import AutoMLPredictor, predict_files
+    from .errors import BackendUnavailable
+    from .settings import ConfigError, Settings
+
+    try:
+        predictor = AutoMLPredictor.from_settings(Settings.from_env())
+        probs, errors = predict_files(predictor, files, progress=progress)
+    except (ConfigError, BackendUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    model = {"name": predictor.model_name, "version": predictor.model_version}
+    return np.log(np.clip(probs, 1e-12, 1.0)), errors, 1.0, model, "automl"
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -381,3 +382,41 @@ def test_automl_service_under_gunicorn_exports_backend_metrics(tmp_path, standin
     assert re.search(r'covidxray_automl_failures_total\{code="NOT_FOUND"\} 1\.0', metrics)
     assert re.search(r"covidxray_automl_circuit_open 0\.0", metrics)
     assert re.search(r"covidxray_automl_last_success_timestamp_seconds \d", metrics)
+
+
+def test_evaluate_compares_the_configured_endpoint_with_the_same_metrics(standin, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covidxray.cli import main
+
+    for sample in (ROOT / "tests" / "samples").glob("*.jpg"):
+        label = sample.name.split("-", 1)[0]
+        (tmp_path / label).mkdir(exist_ok=True)
+        (tmp_path / label / sample.name).write_bytes(sample.read_bytes())
+    monkeypatch.setenv("COVIDXRAY_AUTOML_ENDPOINT", VERTEX)
+    monkeypatch.setenv("COVIDXRAY_AUTOML_API_ENDPOINT", standin.address)
+    runner = CliRunner()
+    automl = runner.invoke(main, ["evaluate", "--backend", "automl", "--data", str(tmp_path), "--json"])
+    keras = runner.invoke(main, ["evaluate", "--data", str(tmp_path), "--json"])
+    assert automl.exit_code == 0, automl.output
+    ours, theirs = json.loads(keras.output), json.loads(automl.output)
+    assert theirs["backend"] == "automl" and theirs["n"] == ours["n"] == 7
+    assert set(theirs) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "ece", "ci95"}
+    # the stand-in serves our own model: the same answers prove the path, not AutoML's quality
+    assert theirs["confusion_matrix"] == ours["confusion_matrix"]
+
+
+def test_evaluate_says_when_the_endpoint_is_unreachable(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covidxray.cli import main
+
+    (tmp_path / "covid").mkdir()
+    (tmp_path / "covid" / "x.jpg").write_bytes(
+        next((ROOT / "tests" / "samples").glob("covid-*.jpg")).read_bytes()
+    )
+    monkeypatch.setenv("COVIDXRAY_AUTOML_ENDPOINT", VERTEX)
+    monkeypatch.setenv("COVIDXRAY_AUTOML_API_ENDPOINT", "127.0.0.1:9")
+    monkeypatch.setenv("COVIDXRAY_AUTOML_TIMEOUT", "1")
+    result = CliRunner().invoke(main, ["evaluate", "--backend", "automl", "--data", str(tmp_path), "--json"])
+    assert result.exit_code == 1 and "Error" in result.output
