@@ -111,7 +111,7 @@ def run_wrk(
 def post(base: str, body: bytes, content_type: str, token: str, timeout: float = 60) -> int:
     """One POST on a fresh connection; return the status."""
     parsed = urlparse(base)
-    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout)
     try:
         conn.request("POST", ROUTE, body, {"Authorization": f"Bearer {token}", "Content-Type": content_type})
         response = conn.getresponse()
@@ -131,12 +131,18 @@ def run_python(base: str, image: BenchImage, token: str, concurrency: int, total
     lock = threading.Lock()
 
     def client(n: int) -> None:
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
+        conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=120)
         for _ in range(n):
             began = time.perf_counter()
-            conn.request("POST", ROUTE, body, headers)
-            response = conn.getresponse()
-            response.read()
+            try:
+                conn.request("POST", ROUTE, body, headers)
+                response = conn.getresponse()
+                response.read()
+            except OSError as exc:  # counted like wrk's socket errors; the caller checks the server
+                with lock:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                conn.close()
+                continue
             with lock:
                 latencies.append(time.perf_counter() - began)
                 if response.status != 200:
@@ -151,7 +157,7 @@ def run_python(base: str, image: BenchImage, token: str, concurrency: int, total
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
-    p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    p50, p95, p99 = np.percentile(np.array(latencies or [0.0]) * 1000, [50, 95, 99])
     return Load(
         "python",
         concurrency,

@@ -29,7 +29,7 @@ FULL = Plan(
     service_seconds=6.0,
     original_levels=(1, 4, 16),
     original_workers=2,
-    original_seconds=10.0,
+    original_seconds=15.0,
     soak_requests=10_000,
     soak_concurrency=16,
 )

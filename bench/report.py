@@ -146,26 +146,28 @@ def machine_line(results: dict[str, Any]) -> str:
         f"Machine: `nproc` {m['nproc']}, {m['cpu']}, {m['memory_gb']} GB memory, load average "
         f"{m['load_average'][0]} at start; Python {m['python']}, onnxruntime {m['versions']['onnxruntime']}, "
         f"TensorFlow {m['versions']['tensorflow-cpu']}. Run: {results['mode']}, {results['started_at']}, "
-        f"model {results['model']}."
+        f"model {results['model']['name']} {results['model']['version']} ({results['model']['path']})."
+    )
+
+
+def method(results: dict[str, Any]) -> str:
+    """How the run measured, in a paragraph."""
+    setup, soak = results["setup"], results["service"]["memory"]["soak"]
+    images = ", ".join(f"{n} ({i['bytes'] // 1000} kB)" for n, i in results["images"].items())
+    return (
+        f"Images: {images}. Served: gunicorn, {setup['gunicorn_workers']} workers × "
+        f"{setup['gunicorn_threads']} threads, embedded image store and SQLite log, rate limits off; load "
+        f"from {setup['client']}. Compute limit: {setup['compute_processes']} processes, each `prepare` + "
+        "predict (single-threaded onnxruntime) in a loop. Original design: `bench/original_app.py` (Keras "
+        "`load_model` + `model.predict` per request, no storage, no log). Served req/s in the first table: "
+        "the highest over the concurrency runs. Every run posts the same bytes, so the content-addressed "
+        "store writes each image once; each request still hashes the upload and inserts its row in the "
+        "SQLite log. RSS: VmRSS (VmHWM for the peak) of each gunicorn worker; before = after a warm-up, "
+        f"after = {soak['requests']} more requests cycling the images at concurrency {soak['concurrency']}."
     )
 
 
 def markdown(results: dict[str, Any]) -> str:
     """bench/RESULTS.md."""
-    setup = results["setup"]
-    images = ", ".join(f"{n} ({i['bytes'] // 1000} kB)" for n, i in results["images"].items())
-    return (
-        "\n\n".join(
-            [
-                "# Benchmark results (`make bench`)",
-                machine_line(results),
-                f"Images: {images}. Served: gunicorn, {setup['gunicorn_workers']} workers × "
-                f"{setup['gunicorn_threads']} threads, embedded image store and SQLite log, rate limits off; "
-                f"load from {setup['client']}. Compute limit: {setup['compute_processes']} processes, each "
-                "`prepare` + predict (single-threaded onnxruntime) in a loop. Original design: "
-                "`bench/original_app.py` (Keras `load_model` + `model.predict` per request).",
-                tables(results),
-            ]
-        )
-        + "\n"
-    )
+    parts = ["# Benchmark results (`make bench`)", machine_line(results), method(results), tables(results)]
+    return "\n\n".join(parts) + "\n"

@@ -81,6 +81,7 @@ def _load(
     else:
         load = run_wrk(served.base, [path], token, level, seconds)
     wait_idle(served)
+    served.check()
     return load
 
 
@@ -110,6 +111,7 @@ def _service(
     for image in images:  # warm-up: every worker and thread sees every image
         run_python(served.base, image, token, 2 * THREADS, 4 * THREADS)
     wait_idle(served)
+    served.check()
     before = served.memory_mb()
     if plan.quick:
         soak = run_python(served.base, images[0], token, plan.soak_concurrency, plan.soak_requests)
@@ -123,6 +125,7 @@ def _service(
             max_requests=plan.soak_requests,
         )
     wait_idle(served)
+    served.check()
     after = served.memory_mb()
     memory = {
         "rss_before_soak_mb": before,

@@ -31,6 +31,12 @@ class Served:
     process: subprocess.Popen[bytes]
     cold_start_s: float
     log: Path
+    workers: int
+
+    def check(self) -> None:
+        """Raise, with the end of the server's log, if gunicorn is gone or lost a worker."""
+        if self.process.poll() is not None or len(self.worker_pids()) != self.workers:
+            raise RuntimeError(f"{self.design}: gunicorn or a worker died:\n{self.log.read_text()[-4000:]}")
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers (children of the master)."""
@@ -100,7 +106,7 @@ def serve(
         try:
             base = f"http://127.0.0.1:{port}"
             cold = first_answer(base, probe, token, process, log_path) - began
-            yield Served(design, base, process, round(cold, 3), log_path)
+            yield Served(design, base, process, round(cold, 3), log_path, workers)
         finally:
             process.terminate()
             try:

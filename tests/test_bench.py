@@ -87,7 +87,7 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # wrk's resets
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # wrk resets
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
