@@ -79,3 +79,12 @@ images:
 # mixed, rate limits off; prints unexpected statuses (must be 0) and worker RSS; exits 1 otherwise.
 soak: install
 	$(BIN)/python soak/run.py --users 20 --duration 60
+
+# The benchmark (not part of `make test`): the service as production runs it, side by side with the
+# original design; writes bench/results.json and bench/RESULTS.md.
+bench: install
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
+	  else echo "wrk is missing: run as root to install it (apt-get install wrk), or run python -m bench --quick"; exit 1; fi; \
+	fi
+	$(BIN)/python -m bench
