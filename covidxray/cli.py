@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,18 @@ def main() -> None:
 # --- model commands: train, evaluate, predict ---------------------------------------------------
 
 
+@contextmanager
+def _data_folder(location: str) -> Iterator[Path]:
+    """The data at `location` (a folder or gs://bucket/prefix) as a local folder."""
+    from .datasets import local_folder
+
+    try:
+        with local_folder(location) as folder:
+            yield folder
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from exc
+
+
 def _setup_logging() -> None:
     """Send library log lines to stderr for the command-line tools."""
     import logging
@@ -28,15 +42,15 @@ def _setup_logging() -> None:
     "--data",
     "data_dir",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="folder with train/<label>/ and val/<label>/",
+    type=str,
+    help="folder (or gs://bucket/prefix) with train/<label>/ and val/<label>/",
 )
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
 )
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
 @click.option("--seed", type=int, default=None, help="random seed")
-def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> None:
+def train(data_dir: str, out: Path, epochs: int | None, seed: int | None) -> None:
     """Train the CNN; write FILE.keras, its ONNX twin FILE.onnx and the metadata FILE.json."""
     import json
 
@@ -50,7 +64,8 @@ def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> No
     cfg.epochs = epochs if epochs is not None else cfg.epochs
     cfg.seed = seed if seed is not None else cfg.seed
     try:
-        meta = run_training(data_dir, out, cfg)
+        with _data_folder(data_dir) as folder:
+            meta = run_training(folder, out, cfg)
     except RuntimeError as exc:  # the ONNX twin disagrees with Keras
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -63,8 +78,8 @@ def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> No
     "--data",
     "data_dir",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="folder with <label>/ subfolders",
+    type=str,
+    help="folder (or gs://bucket/prefix) with <label>/ subfolders",
 )
 @click.option(
     "--model",
@@ -96,7 +111,7 @@ def train(data_dir: Path, out: Path, epochs: int | None, seed: int | None) -> No
     help="also write confusion-matrix, ROC and reliability PNGs here",
 )
 def evaluate(
-    data_dir: Path,
+    data_dir: str,
     model_path: Path | None,
     backend: str,
     runtime_name: str,
@@ -104,6 +119,18 @@ def evaluate(
     report: Path | None,
 ) -> None:
     """Evaluate a model on DATA/<label>/* (through the serving runtime by default)."""
+    with _data_folder(data_dir) as folder:
+        _evaluate(folder, model_path, backend, runtime_name, as_json, report)
+
+
+def _evaluate(
+    data_dir: Path,
+    model_path: Path | None,
+    backend: str,
+    runtime_name: str,
+    as_json: bool,
+    report: Path | None,
+) -> None:
     import json
 
     from . import evaluation

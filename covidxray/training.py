@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -50,6 +51,17 @@ def list_images(folder: Path) -> tuple[list[Path], np.ndarray]:
                 files.append(path)
                 labels.append(index)
     return files, np.asarray(labels, dtype=np.int64)
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over every train/val image's split, label, name and content: which data made the model."""
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        files, labels = list_images(data_dir / split)
+        for path, label in zip(files, labels, strict=True):
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest.update(f"{split}/{LABELS[label]}/{path.name}:{content}\n".encode())
+    return digest.hexdigest()
 
 
 def load_arrays(files: list[Path], size: int, workers: int = 2) -> np.ndarray:
@@ -177,6 +189,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int 
         "labels": list(LABELS),
         "input_size": cfg.size,
         "preprocessing_version": PREPROCESSING_VERSION,
+        "data_fingerprint": data_fingerprint(data_dir),
         "temperature": temperature,
         "outputs": {"logits": "logits", "features": "features"},
         "val": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -139,3 +140,32 @@ def test_open_image_store_knows_the_gs_scheme(gcs_url: str) -> None:
     opened = open_image_store(f"gs://{BUCKET}/a/b")
     assert isinstance(opened, GCSImageStore)
     assert (opened.bucket_name, opened.prefix) == (BUCKET, "a/b")
+
+
+def test_evaluate_reads_a_gs_data_folder_with_its_manifest(gcs_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from covidxray.cli import main
+
+    bucket = storage.Client().bucket(BUCKET)
+    rows = ["file,patient_id"]
+    samples = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
+    for i, sample in enumerate(samples):
+        name = f"test/{sample.name.split('-', 1)[0]}/{sample.name}"
+        bucket.blob(f"cxr/{name}").upload_from_filename(str(sample))
+        rows.append(f"{name},{sample.name.split('-')[1]}-{i}")
+    bucket.blob("cxr/manifest.csv").upload_from_string("\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["evaluate", "--data", f"gs://{BUCKET}/cxr/test", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == len(samples) and report["accuracy"] == 1.0
+    assert set(report["per_source"]) == {"mhh", "nih", "kermany"}
+
+
+def test_a_missing_gs_data_folder_is_a_clear_error(gcs_url: str) -> None:
+    from click.testing import CliRunner
+
+    from covidxray.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "--data", f"gs://{BUCKET}/nothing/here", "--json"])
+    assert result.exit_code == 2 and "no objects under gs://" in result.output

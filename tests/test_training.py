@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covidxray.cli import main
-from covidxray.training import list_images, sample_weights
+from covidxray.training import data_fingerprint, list_images, sample_weights
 
 LABELS = ("covid", "pneumonia", "normal")
 
@@ -47,6 +47,9 @@ def test_train_runs_end_to_end_for_one_epoch(tmp_path: Path) -> None:
     assert meta["training"]["epochs_run"] == 1 and meta["training"]["config"]["seed"] == 3
     assert max(meta["onnx_max_abs_diff"].values()) <= 1e-4
     assert {"ece", "ece_uncalibrated"} <= meta["val"].keys()
+    assert meta["data_fingerprint"] == data_fingerprint(data)
+    next((data / "val" / "covid").glob("*")).write_bytes(b"changed")
+    assert data_fingerprint(data) != meta["data_fingerprint"]
 
 
 def test_train_refuses_an_output_not_ending_in_keras(tmp_path: Path) -> None:
