@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 EXTRAS ?= serve,train,automl,gcp,dev
 HOST ?= 127.0.0.1
 PORT ?= 8080
-export HOST PORT
+# The data folder (uploads, request log, development secrets) of the repository, whichever folder the
+# service runs in, so that `covidxray token` run here signs with the key the service checks.
+COVIDXRAY_DATA_DIR ?= $(CURDIR)/var
+export HOST PORT COVIDXRAY_DATA_DIR
 
 .PHONY: install serve run run-automl test test-deps lint bench load images soak
 
