@@ -21,15 +21,11 @@ from .errors import (
 )
 from .openapi import openapi_document
 from .requestlog import PredictionRecord
+from .service import current_services
 
 bp = Blueprint("api", __name__)
 
 RAW_TYPES = ("image/png", "image/jpeg", "image/gif", "application/dicom")
-
-
-def services() -> service.Services:
-    """The app's services."""
-    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
 
 
 @bp.post("/api/v1/predict")
@@ -42,12 +38,12 @@ def predict() -> Any:
     explain = parse_flag(request.args.to_dict(flat=False), "explain") or parse_flag(fields, "explain")
     subject = g.principal.subject
     if len(images) == 1:
-        record = service.predict_upload(services(), _nonempty(images[0]), clinical, subject, explain)
+        record = service.predict_upload(current_services(), _nonempty(images[0]), clinical, subject, explain)
         return jsonify(_response(record))
     results = []
     for image in images:
         try:
-            record = service.predict_upload(services(), _nonempty(image), clinical, subject, explain)
+            record = service.predict_upload(current_services(), _nonempty(image), clinical, subject, explain)
             results.append(_response(record))
         except ApiError as exc:
             results.append(error_body(exc))
@@ -73,8 +69,8 @@ def _read_request() -> tuple[list[bytes], dict[str, list[str]]]:
         files = files or legacy
         if not files:
             raise MissingImage("send the X-ray as a multipart file named `image`")
-        if len(files) > services().settings.max_batch:
-            raise TooManyImages(f"at most {services().settings.max_batch} images per request")
+        if len(files) > current_services().settings.max_batch:
+            raise TooManyImages(f"at most {current_services().settings.max_batch} images per request")
         return [f.read() for f in files], request.form.to_dict(flat=False)
     if not (request.content_length or _raw_body()):  # an empty body, whatever its declared type
         raise MissingImage("the request has no body; send the X-ray as a multipart file named `image`")
@@ -105,7 +101,7 @@ def _nonempty(data: bytes) -> bytes:
 @require("read")
 def get_prediction(request_id: str) -> Any:
     """One prediction, for its own subject (or an admin)."""
-    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    record = service.find(current_services(), request_id, g.principal.subject, g.principal.allows("admin"))
     return jsonify(_response(record))
 
 
@@ -113,18 +109,18 @@ def get_prediction(request_id: str) -> Any:
 @require("read")
 def heatmap(request_id: str) -> Any:
     """The class activation map drawn over the image, for predictions made with `explain=1`."""
-    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    record = service.find(current_services(), request_id, g.principal.subject, g.principal.allows("admin"))
     if not record.heatmap_uri:
         raise NotFound("this prediction has no heatmap; predict with explain=1")
-    return Response(services().images.get(record.heatmap_uri), mimetype="image/png")
+    return Response(current_services().images.get(record.heatmap_uri), mimetype="image/png")
 
 
 @bp.delete("/api/v1/predictions/<request_id>")
 @require("predict")
 def delete_prediction(request_id: str) -> Any:
     """Erase a prediction's record and image."""
-    record = service.find(services(), request_id, g.principal.subject, g.principal.allows("admin"))
-    service.erase(services(), record)
+    record = service.find(current_services(), request_id, g.principal.subject, g.principal.allows("admin"))
+    service.erase(current_services(), record)
     return "", 204
 
 
@@ -137,7 +133,7 @@ def healthz() -> Any:
 @bp.get("/readyz")
 def readyz() -> Any:
     """200 once the local predictor is loaded; the outbox's depth and age are told, never judged."""
-    predictor = services().predictor
+    predictor = current_services().predictor
     body = {"status": "ready" if predictor.ready else "loading", **predictor.status()}
     outbox = current_app.extensions.get("covidxray.outbox")
     if outbox is not None:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jwt
-from flask import current_app, g, request
+from flask import g, request
 
 from .errors import Forbidden, Unauthorized
+from .service import current_services
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def authenticate(scope: str) -> Principal:
     try:
         if token is None:
             raise Unauthorized("missing")
-        principal = verify_token(current_app.extensions["covidxray"].settings, token)
+        principal = verify_token(current_services().settings, token)
     except Unauthorized as exc:
         log.info("token rejected", extra={"reason": exc.reason})
         raise

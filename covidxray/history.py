@@ -7,7 +7,7 @@ import io
 from datetime import date, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from PIL import Image
 from werkzeug.security import check_password_hash
 
@@ -15,7 +15,7 @@ from .errors import InvalidField, NotFound
 from .imaging import prepare
 from .labels import LABELS, UNCERTAIN
 from .requestlog import CLINICAL_FIELDS, HistoryQuery, PredictionRecord
-from .service import Services
+from .service import current_services
 
 bp = Blueprint("history", __name__)
 
@@ -27,13 +27,9 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _services() -> Services:
-    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
-
-
 @bp.before_request
 def _enabled() -> Any:
-    if not _services().settings.admin_password_hash:
+    if not current_services().settings.admin_password_hash:
         raise NotFound("The history is disabled on this service.")
     if request.endpoint not in ("history.login", "history.do_login") and not session.get("admin"):
         return redirect(url_for("history.login"), code=303)
@@ -49,7 +45,7 @@ def login() -> Any:
 @bp.post("/history/login")
 def do_login() -> Any:
     """Check the admin password and open an admin session."""
-    services = _services()
+    services = current_services()
     if not check_password_hash(services.settings.admin_password_hash or "", request.form.get("password", "")):
         services.log.audit("anonymous", "login_failed", request.remote_addr or "")
         return render_template("login.html", failed=True), 401
@@ -84,8 +80,8 @@ def _query(limit: int = 200) -> HistoryQuery:
 def index() -> Any:
     """Recent predictions, filtered."""
     query = _query()
-    records = _services().log.search(query)
-    _services().log.audit("admin", "view", _describe(query))
+    records = current_services().log.search(query)
+    current_services().log.audit("admin", "view", _describe(query))
     return render_template("history.html", records=records, args=request.args, labels=(*LABELS, UNCERTAIN))
 
 
@@ -93,8 +89,8 @@ def index() -> Any:
 def export() -> Response:
     """The filtered predictions as CSV."""
     query = _query(limit=100_000)
-    records = _services().log.search(query)
-    _services().log.audit("admin", "export", _describe(query))
+    records = current_services().log.search(query)
+    current_services().log.audit("admin", "export", _describe(query))
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
@@ -107,7 +103,7 @@ def export() -> Response:
 @bp.get("/history/<request_id>/thumb.png")
 def thumbnail(request_id: str) -> Response:
     """A small grayscale thumbnail of a stored image."""
-    services = _services()
+    services = current_services()
     record = services.log.get(request_id)
     if record is None:
         raise NotFound()

@@ -36,6 +36,13 @@ class Services:
     log: RequestLog
 
 
+def current_services() -> Services:
+    """The services of the app handling the current request."""
+    from flask import current_app
+
+    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
+
+
 def predict_upload(
     services: Services,
     data: bytes,

@@ -7,7 +7,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    current_app,
     redirect,
     render_template,
     request,
@@ -20,6 +19,7 @@ from .clinical import FLAGS, parse_clinical, parse_flag
 from .errors import ApiError, InvalidField, MissingImage, NotFound
 from .labels import LABELS, UNCERTAIN
 from .requestlog import PredictionRecord
+from .service import current_services
 
 bp = Blueprint("web", __name__)
 
@@ -33,10 +33,6 @@ FLAG_LABELS = {
     "cough": "Cough",
     "fever": "Fever",
 }
-
-
-def _services() -> service.Services:
-    return current_app.extensions["covidxray"]  # type: ignore[no-any-return]
 
 
 def _form(errors: dict[str, str] | None = None, message: str | None = None, status: int = 200) -> Any:
@@ -70,7 +66,7 @@ def submit() -> Any:
     if errors:
         return _form(errors, "Please correct the fields marked below.", 400)
     try:
-        record = service.predict_upload(_services(), data, clinical, explain=explain)
+        record = service.predict_upload(current_services(), data, clinical, explain=explain)
     except ApiError as exc:
         return _form({"image": exc.message}, exc.message, exc.status)
     session["results"] = ([record.id] + session.get("results", []))[:MAX_SESSION_RESULTS]
@@ -80,7 +76,7 @@ def submit() -> Any:
 def _own_record(request_id: str) -> PredictionRecord:
     if request_id not in session.get("results", []):
         raise NotFound("This result does not exist or belongs to another browser session.")
-    record = _services().log.get(request_id)
+    record = current_services().log.get(request_id)
     if record is None:
         raise NotFound("This result has been erased.")
     return record
@@ -105,7 +101,7 @@ def result_image(request_id: str) -> Response:
     record = _own_record(request_id)
     if record.format == "dicom":
         raise NotFound("DICOM images are not displayed in the browser.")
-    return _private(_services().images.get(record.image_uri), service.CONTENT_TYPES[record.format])
+    return _private(current_services().images.get(record.image_uri), service.CONTENT_TYPES[record.format])
 
 
 @bp.get("/results/<request_id>/heatmap.png")
@@ -114,7 +110,7 @@ def result_heatmap(request_id: str) -> Response:
     record = _own_record(request_id)
     if not record.heatmap_uri:
         raise NotFound("This result has no heatmap.")
-    return _private(_services().images.get(record.heatmap_uri), "image/png")
+    return _private(current_services().images.get(record.heatmap_uri), "image/png")
 
 
 def _private(data: bytes, mimetype: str) -> Response:
