@@ -15,7 +15,7 @@ from flask import (
 )
 
 from . import service
-from .clinical import FLAGS, parse_clinical, parse_flag
+from .clinical import parse_clinical, parse_flag
 from .errors import ApiError, InvalidField, MissingImage, NotFound
 from .labels import LABELS, UNCERTAIN
 from .requestlog import PredictionRecord
@@ -91,7 +91,6 @@ def result(request_id: str) -> Any:
         record=record,
         labels=LABELS,
         uncertain=record.predicted_class == UNCERTAIN,
-        flags=FLAGS,
     )
 
 
