@@ -10,7 +10,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, docs, errorhandlers, history, metrics, security, web
-from .outbox import wrap_cloud_backends
+from .buffered import wrap_cloud_backends
 from .predictors import Predictor, make_predictor
 from .requestlog import open_request_log
 from .retention import start_sweeper

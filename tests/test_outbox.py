@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from uuid6 import uuid7
 
+from covidxray import buffered
 from covidxray import outbox as ob
 from covidxray.errors import NotFound
 from covidxray.requestlog import HistoryQuery, PredictionRecord, RequestLog, SqliteRequestLog
@@ -94,7 +95,7 @@ class FakeCloudLog(RequestLog):
         return sum(uri in (r.image_uri, r.heatmap_uri) for r in self.rows.values() if r.id not in exclude)
 
     def search(self, query: HistoryQuery, exclude: Collection[str] = ()) -> list[PredictionRecord]:
-        found = [r for r in self.rows.values() if r.id not in exclude and ob._matches(r, query)]
+        found = [r for r in self.rows.values() if r.id not in exclude and buffered._matches(r, query)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)[: query.limit]
 
     def audit(
@@ -139,7 +140,7 @@ def wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wrapped:
     """Outbox-wrapped fake cloud backends (worker not started: tests call ship_once)."""
     monkeypatch.setattr(ob, "BASE_DELAY", 0.05)
     cloud, cloud_log = FakeCloudStore(), FakeCloudLog()
-    images, requests_log, outbox = ob.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))
+    images, requests_log, outbox = buffered.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))
     assert outbox is not None and outbox.worker is not None
     return images, requests_log, outbox, cloud, cloud_log
 
@@ -154,7 +155,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_the_embedded_defaults_need_no_outbox(tmp_path: Path) -> None:
     images, requests_log = LocalImageStore(tmp_path / "uploads"), SqliteRequestLog(tmp_path / "r.sqlite3")
-    assert ob.wrap_cloud_backends(images, requests_log, Settings(data_dir=tmp_path)) == (
+    assert buffered.wrap_cloud_backends(images, requests_log, Settings(data_dir=tmp_path)) == (
         images,
         requests_log,
         None,
@@ -185,7 +186,7 @@ def test_a_restarted_worker_ships_what_was_left_and_reads_then_come_from_the_clo
     stored = images.put(b"image bytes", "png", content_type="image/png", request_id="r1")
     record = make_record(stored.uri)
     requests_log.record(record)
-    again = ob.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))[2]
+    again = buffered.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))[2]
     assert again is not None
     again.start()
     wait_until(lambda: again.state()["depth"] == 0)
@@ -318,7 +319,7 @@ def test_stop_drains_what_is_waiting_even_while_backing_off(
 ) -> None:
     monkeypatch.setattr(ob, "BASE_DELAY", 60.0)
     cloud, cloud_log = FakeCloudStore(), FakeCloudLog()
-    images, requests_log, outbox = ob.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))
+    images, requests_log, outbox = buffered.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))
     assert outbox is not None and outbox.worker is not None
     cloud.down = cloud_log.down = True
     images.put(b"bytes", "png", content_type="image/png", request_id="r")
@@ -336,6 +337,7 @@ SIGTERM_SCRIPT = """
 import atexit, signal, sys, time
 from pathlib import Path
 from covidxray import outbox as ob
+from covidxray.buffered import wrap_cloud_backends
 from covidxray.settings import Settings
 from tests.test_outbox import FakeCloudLog, FakeCloudStore, make_record
 
@@ -344,7 +346,7 @@ atexit.register(lambda: print("shipped", len(cloud.objects), len(cloud_log.rows)
 if sys.argv[2] == "chained":
     signal.signal(signal.SIGTERM, lambda *_: (print("previous handler", flush=True), sys.exit(3)))
 ob.BASE_DELAY = 60.0
-images, requests_log, outbox = ob.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=Path(sys.argv[1])))
+images, requests_log, outbox = wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=Path(sys.argv[1])))
 cloud.down = cloud_log.down = True
 outbox.start()
 images.put(b"bytes", "png", content_type="image/png", request_id="r")
