@@ -18,9 +18,9 @@ from google.cloud import bigquery
 from google.cloud.bigquery import ArrayQueryParameter, ScalarQueryParameter, SchemaField
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
+from .bigquery_schema import AUDIT_SCHEMA, SCHEMA, VIEW_SQL, format_time, from_row, parse_time, to_row
 from .errors import BackendUnavailable
-from .labels import LABELS
-from .requestlog import CLINICAL_FIELDS, DICOM_FIELDS, HistoryQuery, PredictionRecord, RequestLog
+from .requestlog import HistoryQuery, PredictionRecord, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +36,6 @@ TRANSIENT = (
 )
 _WINDOW = "created_at >= @low AND created_at < @high"
 SKEW = timedelta(minutes=1)  # created_at is taken right after the id: look this far on either side
-_S, _I, _F = "STRING", "INTEGER", "FLOAT"
-_REQUIRED = {"id": _S, "created_at": "TIMESTAMP", "backend": _S, "model_name": _S, "model_version": _S}
-_REQUIRED |= {"status": _S, "image_uri": _S, "sha256": _S, "format": _S, "size_bytes": _I, "width": _I}
-_REQUIRED |= {"height": _I, "latency_ms": _F}
-_NULLABLE = {"subject": "STRING", "predicted_class": "STRING", "score": "FLOAT"}
-_TYPES = {"sex": "STRING", "modality": "STRING", "view_position": "STRING"}  # other clinical/DICOM: INTEGER
-SCHEMA = [
-    *(SchemaField(name, kind, mode="REQUIRED") for name, kind in _REQUIRED.items()),
-    *(SchemaField(name, kind) for name, kind in _NULLABLE.items()),
-    SchemaField("probabilities", "RECORD", fields=[SchemaField(label, "FLOAT") for label in LABELS]),
-    SchemaField("warnings", "STRING", mode="REPEATED"),
-    *(SchemaField(name, _TYPES.get(name, "INTEGER")) for name in (*CLINICAL_FIELDS, *DICOM_FIELDS)),
-    SchemaField("heatmap_uri", "STRING"),
-]
-AUDIT_SCHEMA = [
-    SchemaField("at", "TIMESTAMP", mode="REQUIRED"),
-    *(SchemaField(name, "STRING", mode="REQUIRED") for name in ("actor", "action", "detail")),
-]
-# One row per id. Retried inserts repeat the same created_at, so partitioning the window by it too
-# keeps one row per id and lets a filter on created_at prune partitions through the view.
-VIEW_SQL = (
-    "SELECT * EXCEPT (_n) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id, created_at) AS _n "
-    "FROM `{table}`) WHERE _n = 1"
-)
 
 
 class InsertFailed(RuntimeError):
@@ -158,7 +134,7 @@ class BigQueryRequestLog(RequestLog):
             value = getattr(query, name)
             if value is not None:
                 where.append(f"created_at {op} @{name}")
-                params.append(_time(name, _parse_time(value)))
+                params.append(_time(name, parse_time(value)))
         sql = f"SELECT * FROM `{self.view}` WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT @limit"
         params.append(ScalarQueryParameter("limit", "INT64", query.limit))
         return [from_row(row) for row in self._query(sql, *params)]
@@ -166,7 +142,7 @@ class BigQueryRequestLog(RequestLog):
     def audit(
         self, actor: str, action: str, detail: str, at: str | None = None, row_id: str | None = None
     ) -> None:
-        row = {"at": at or _format_time(datetime.now(UTC)), "actor": actor, "action": action}
+        row = {"at": at or format_time(datetime.now(UTC)), "actor": actor, "action": action}
         row["detail"] = detail
         errors = self.client.insert_rows_json(
             self.audit_table, [row], row_ids=[row_id or str(uuid.uuid4())], timeout=TIMEOUT, retry=NO_RETRY
@@ -191,40 +167,6 @@ class BigQueryRequestLog(RequestLog):
             if write:
                 raise  # the outbox retries it
             raise BackendUnavailable("the request log is unavailable now; try again") from exc
-
-
-def to_row(rec: PredictionRecord) -> dict[str, Any]:
-    """The JSON row of a record."""
-    row: dict[str, Any] = {field.name: getattr(rec, field.name, None) for field in SCHEMA}
-    row["probabilities"] = rec.probabilities
-    row.update({name: rec.clinical.get(name) for name in CLINICAL_FIELDS})
-    row.update({name: rec.dicom.get(name) for name in DICOM_FIELDS})
-    return row
-
-
-def from_row(row: Any) -> PredictionRecord:
-    """A record from a query row."""
-    data = dict(row.items())
-    plain = {name: data[name] for name in (*_REQUIRED, *_NULLABLE)}
-    plain["created_at"] = _format_time(data["created_at"])
-    probs = {k: v for k, v in (data.get("probabilities") or {}).items() if v is not None}
-    return PredictionRecord(
-        **plain,
-        heatmap_uri=data.get("heatmap_uri"),
-        probabilities=probs or None,
-        warnings=list(data.get("warnings") or []),
-        clinical={name: data[name] for name in CLINICAL_FIELDS if data.get(name) is not None},
-        dicom={name: data[name] for name in DICOM_FIELDS if data.get(name) is not None},
-    )
-
-
-def _format_time(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str) -> datetime:
-    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _text(name: str, value: str) -> ScalarQueryParameter:

@@ -15,7 +15,8 @@ from google.cloud import bigquery
 from uuid6 import uuid7
 
 import covidxray.bigquery
-from covidxray.bigquery import SCHEMA, BigQueryRequestLog, id_window, init_bigquery, make_client
+from covidxray.bigquery import BigQueryRequestLog, id_window, init_bigquery, make_client
+from covidxray.bigquery_schema import SCHEMA
 from covidxray.errors import BackendUnavailable
 from covidxray.requestlog import HistoryQuery, PredictionRecord, SqliteRequestLog, open_request_log
 from tests.bigquery_server import BigQueryServer
