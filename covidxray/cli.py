@@ -49,8 +49,14 @@ def _setup_logging() -> None:
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
 )
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
-@click.option("--seed", type=int, default=None, help="random seed")
-def train(data_dir: str, out: Path, epochs: int | None, seed: int | None) -> None:
+@click.option("--seed", type=int, default=None, help="random seed (member i uses seed + i)")
+@click.option(
+    "--members",
+    type=click.IntRange(min=1),
+    default=None,
+    help="networks to train and average into the one shipped model",
+)
+def train(data_dir: str, out: Path, epochs: int | None, seed: int | None, members: int | None) -> None:
     """Train the CNN; write FILE.keras, its ONNX twin FILE.onnx and the metadata FILE.json."""
     import json
 
@@ -63,6 +69,7 @@ def train(data_dir: str, out: Path, epochs: int | None, seed: int | None) -> Non
     cfg = TrainConfig()
     cfg.epochs = epochs if epochs is not None else cfg.epochs
     cfg.seed = seed if seed is not None else cfg.seed
+    cfg.members = members if members is not None else cfg.members
     try:
         with _data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg)

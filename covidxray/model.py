@@ -19,12 +19,14 @@ def _conv_bn(x: keras.KerasTensor, filters: int, stride: int = 1, act: bool = Tr
     return layers.ReLU()(x) if act else x
 
 
-def _stage(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
-    """Halve the resolution with a strided convolution, then one residual block."""
+def _stage(x: keras.KerasTensor, filters: int, blocks: int) -> keras.KerasTensor:
+    """Halve the resolution with a strided convolution, then `blocks` residual blocks."""
     x = _conv_bn(x, filters, stride=2)
-    y = _conv_bn(x, filters)
-    y = _conv_bn(y, filters, act=False)
-    return layers.ReLU()(layers.Add()([x, y]))
+    for _ in range(blocks):
+        y = _conv_bn(x, filters)
+        y = _conv_bn(y, filters, act=False)
+        x = layers.ReLU()(layers.Add()([x, y]))
+    return x
 
 
 def build_model(
@@ -32,6 +34,7 @@ def build_model(
     widths: tuple[int, ...] = (16, 32, 64, 128, 192),
     n_classes: int = 3,
     dropout: float = 0.3,
+    blocks: int = 1,
 ) -> keras.Model:
     """Return a Keras model mapping (size, size, 1) images to [logits, last feature maps].
 
@@ -42,12 +45,36 @@ def build_model(
     x = layers.Rescaling(2.0, offset=-1.0)(inputs)
     x = _conv_bn(x, widths[0], stride=2)
     for width in widths[1:]:
-        x = _stage(x, width)
+        x = _stage(x, width, blocks)
     features = layers.Identity(name=FEATURES)(x)
     pooled = layers.GlobalAveragePooling2D()(features)
     pooled = layers.Dropout(dropout)(pooled)
     logits = layers.Dense(n_classes, name=LOGITS)(pooled)
     return keras.Model(inputs, [logits, features], name="covidxray_cnn")
+
+
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """Join trained members into one model whose logits are the mean of theirs.
+
+    The members' last feature maps are concatenated and their Dense kernels stacked (divided by the
+    member count), so the result still has a pooling head straight into one Dense layer and its
+    class activation maps stay exact: the mean of the members' maps.
+    """
+    if len(members) == 1:
+        return members[0]
+    first = members[0]
+    inputs = keras.Input(first.inputs[0].shape[1:], name="image")
+    maps = [
+        keras.Model(member.inputs, member.get_layer(FEATURES).output, name=f"member_{i}")(inputs)
+        for i, member in enumerate(members)
+    ]
+    features = layers.Concatenate(name=FEATURES)(maps)
+    pooled = layers.GlobalAveragePooling2D()(features)
+    head = layers.Dense(output_layer(first).units, name=LOGITS)
+    logits = head(pooled)
+    kernels, biases = zip(*(output_layer(member).get_weights() for member in members), strict=True)
+    head.set_weights([np.concatenate(kernels) / len(members), np.mean(biases, axis=0)])
+    return keras.Model(inputs, [logits, features], name=first.name)
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class TrainConfig:
 
     size: int = 224
     widths: tuple[int, ...] = (16, 32, 64, 128, 192)
+    blocks: int = 2  # residual blocks per stage
     epochs: int = 45
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -39,6 +40,7 @@ class TrainConfig:
     source_balance: float = 0.5  # exponent of the inverse (source, label) frequency weight
     ema: float = 0.99  # exponential moving average of the weights (0: off), used for val and saved
     seed: int = 20261125
+    members: int = 1  # networks trained from seeds seed, seed + 1, ... whose logits are averaged
 
 
 def list_images(folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -133,21 +135,15 @@ def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, cfg: TrainC
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # noqa: ANN201
-    """Train on the two folders; return (model, val logits, val labels, history, a few val images)."""
+def fit_member(data: tuple, cfg: TrainConfig, seed: int, verbose: int = 1):  # noqa: ANN201
+    """Train one network from `seed` on (x_train, y_train, w_train, x_val, y_val); return it, its history."""
     import keras
 
     from .model import build_model, logits_model
 
-    keras.utils.set_random_seed(cfg.seed)
-    train_files, y_train = list_images(train_dir)
-    val_files, y_val = list_images(val_dir)
-    if len(train_files) == 0 or len(val_files) == 0:
-        raise ValueError(f"no images under {train_dir} or {val_dir}")
-    log.info("decoding %d training and %d validation images", len(train_files), len(val_files))
-    x_train, x_val = load_arrays(train_files, cfg.size), load_arrays(val_files, cfg.size)
-    w_train = sample_weights(y_train, [source_of(p) for p in train_files], cfg.source_balance)
-    model = build_model(cfg.size, cfg.widths, len(LABELS), cfg.dropout)
+    x_train, y_train, w_train, x_val, y_val = data
+    keras.utils.set_random_seed(seed)
+    model = build_model(cfg.size, cfg.widths, len(LABELS), cfg.dropout, cfg.blocks)
     trainable = logits_model(model)
     steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, warmup_target=None)
@@ -163,29 +159,55 @@ def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # 
     callbacks.append(
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
     )
+    member_cfg = replace(cfg, seed=seed)
     history = trainable.fit(
-        make_dataset(x_train, one_hot[y_train], w_train, cfg, train=True),
-        validation_data=make_dataset(x_val, one_hot[y_val], None, cfg, train=False),
+        make_dataset(x_train, one_hot[y_train], w_train, member_cfg, train=True),
+        validation_data=make_dataset(x_val, one_hot[y_val], None, member_cfg, train=False),
         epochs=cfg.epochs,
         callbacks=callbacks,
         verbose=verbose,
     )
-    val_logits = np.asarray(trainable.predict(x_val.astype(np.float32) / 255.0, verbose=0))
-    return model, val_logits, y_val, history.history, x_val[:12].astype(np.float32) / 255.0
+    return model, history.history
+
+
+def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # noqa: ANN201
+    """Train `cfg.members` networks (seeds seed, seed + 1, ...) on the two folders and join them.
+
+    Returns (model, val logits, val labels, one history per member, a few val images).
+    """
+    from .model import ensemble
+
+    train_files, y_train = list_images(train_dir)
+    val_files, y_val = list_images(val_dir)
+    if len(train_files) == 0 or len(val_files) == 0:
+        raise ValueError(f"no images under {train_dir} or {val_dir}")
+    log.info("decoding %d training and %d validation images", len(train_files), len(val_files))
+    x_train, x_val = load_arrays(train_files, cfg.size), load_arrays(val_files, cfg.size)
+    w_train = sample_weights(y_train, [source_of(p) for p in train_files], cfg.source_balance)
+    data = (x_train, y_train, w_train, x_val, y_val)
+    members, histories = [], []
+    for i in range(cfg.members):
+        log.info("training member %d of %d (seed %d)", i + 1, cfg.members, cfg.seed + i)
+        member, history = fit_member(data, cfg, cfg.seed + i, verbose)
+        members.append(member)
+        histories.append(history)
+    model = ensemble(members)
+    probe = x_val.astype(np.float32) / 255.0
+    val_logits = np.asarray(model.predict(probe, verbose=0)[0])
+    return model, val_logits, y_val, histories, probe[:12]
 
 
 def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int = 1) -> dict:
     """Train, calibrate on val, write FILE.keras, FILE.onnx and FILE.json; return the metadata."""
     data_dir, out = Path(data_dir), Path(out)
     started = time.monotonic()
-    model, val_logits, y_val, history, val_probe = fit(data_dir / "train", data_dir / "val", cfg, verbose)
+    model, val_logits, y_val, histories, val_probe = fit(data_dir / "train", data_dir / "val", cfg, verbose)
     temperature = calibration.fit_temperature(val_logits, y_val)
     ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), y_val)
     ece_after = calibration.expected_calibration_error(calibration.softmax(val_logits, temperature), y_val)
-    epochs_run = len(history.get("loss", []))
     meta = {
         "name": out.stem,
-        "version": f"{date.today():%Y.%m}.1",
+        "version": f"{date.today():%Y.%m.%d}",
         "labels": list(LABELS),
         "input_size": cfg.size,
         "preprocessing_version": PREPROCESSING_VERSION,
@@ -200,12 +222,24 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int 
         },
         "training": {
             "config": asdict(cfg),
-            "epochs_run": epochs_run,
-            "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
+            "members": [member_summary(cfg.seed + i, h) for i, h in enumerate(histories)],
             "seconds": round(time.monotonic() - started, 1),
         },
     }
     return save_model(model, out, meta, probe=val_probe)
+
+
+def member_summary(seed: int, history: dict) -> dict:
+    """One member's seed, epochs run, kept epoch and val figures at that epoch (for the metadata)."""
+    losses = history.get("val_loss", [])
+    best = int(np.argmin(losses)) if losses else None
+    return {
+        "seed": seed,
+        "epochs_run": len(history.get("loss", [])),
+        "best_epoch": None if best is None else best + 1,
+        "val_loss": None if best is None else float(losses[best]),
+        "val_accuracy": None if best is None else float(history["val_accuracy"][best]),
+    }
 
 
 def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) -> dict:  # noqa: ANN001

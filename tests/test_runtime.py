@@ -14,14 +14,12 @@ from covidxray.imaging import PREPROCESSING_VERSION
 from covidxray.runtime import DEFAULT_MODEL, KerasRuntime, ModelInfo, OnnxRuntime, load_runtime
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained small model (random weights, trained-looking BN statistics) with its twin and JSON."""
+def _small_model(seed: int):  # noqa: ANN202 (a keras.Model)
+    """An untrained small model (random weights, trained-looking BN statistics and bias)."""
     from covidxray.model import build_model
-    from covidxray.training import save_model
 
     model = build_model(96, (8, 16, 24), dropout=0.0)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for layer in model.layers:  # non-trivial batch-norm statistics so the comparison means something
         if layer.__class__.__name__ == "BatchNormalization":
             gamma, beta, mean, var = layer.get_weights()
@@ -34,10 +32,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 ]
             )
     dense = model.get_layer("logits")
-    dense.set_weights([dense.get_weights()[0], rng.normal(0, 1, 3)])
-    out = tmp_path_factory.mktemp("model") / "small.keras"
-    meta = {
-        "name": "small",
+    dense.set_weights([rng.normal(0, 0.3, dense.get_weights()[0].shape), rng.normal(0, 1, 3)])
+    return model
+
+
+def _meta(name: str) -> dict:
+    return {
+        "name": name,
         "version": "2026.11.0",
         "labels": ["covid", "pneumonia", "normal"],
         "input_size": 96,
@@ -45,7 +46,16 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "temperature": 1.25,
         "note": "x",
     }
-    save_model(model, out, meta)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained model with its ONNX twin and JSON."""
+    from covidxray.training import save_model
+
+    model = _small_model(0)
+    out = tmp_path_factory.mktemp("model") / "small.keras"
+    save_model(model, out, _meta("small"))
     return out
 
 
@@ -76,6 +86,30 @@ def test_output_weights_give_exact_class_activation_maps(model_path: Path) -> No
     logits, features = onnx_rt.run(batch)
     cams = features @ k1 + b1  # (n, h, w, 3); their spatial mean is the logits
     np.testing.assert_allclose(cams.mean(axis=(1, 2)), logits, atol=1e-4)
+
+
+def test_an_ensemble_averages_its_members_and_keeps_exact_maps(tmp_path: Path) -> None:
+    from covidxray.model import ensemble
+    from covidxray.training import save_model
+
+    members = [_small_model(seed) for seed in (3, 4, 5)]
+    batch = np.random.default_rng(6).random((2, 96, 96, 1), dtype=np.float32)
+    expected = np.mean([np.asarray(m(batch, training=False)[0]) for m in members], axis=0)
+    out = tmp_path / "trio.keras"
+    save_model(ensemble(members), out, _meta("trio"))  # exports the twin and checks it against Keras
+    for runtime in (load_runtime(out), load_runtime(out, "keras")):
+        logits, features = runtime.run(batch)
+        assert features.shape == (2, 12, 12, 3 * 24)
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+        kernel, bias = runtime.output_weights
+        np.testing.assert_allclose((features @ kernel + bias).mean(axis=(1, 2)), logits, atol=1e-4)
+
+
+def test_an_ensemble_of_one_is_the_member_itself() -> None:
+    from covidxray.model import ensemble
+
+    member = _small_model(7)
+    assert ensemble([member]) is member
 
 
 def test_check_twin_fails_beyond_tolerance(model_path: Path) -> None:

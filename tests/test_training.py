@@ -36,15 +36,15 @@ def _make_folder(root: Path) -> Path:
 def test_train_runs_end_to_end_for_one_epoch(tmp_path: Path) -> None:
     data = _make_folder(tmp_path / "data")
     out = tmp_path / "out" / "m.keras"
-    result = CliRunner().invoke(
-        main, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--seed", "3"]
-    )
+    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seed", "3", "--members", "2"]
+    result = CliRunner().invoke(main, ["train", *args])
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.with_suffix(".onnx").is_file()
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["labels"] == list(LABELS)
     assert meta["name"] == "m" and meta["temperature"] > 0
-    assert meta["training"]["epochs_run"] == 1 and meta["training"]["config"]["seed"] == 3
+    assert meta["training"]["config"]["seed"] == 3 and meta["training"]["config"]["members"] == 2
+    assert [(m["seed"], m["epochs_run"]) for m in meta["training"]["members"]] == [(3, 1), (4, 1)]
     assert max(meta["onnx_max_abs_diff"].values()) <= 1e-4
     assert {"ece", "ece_uncalibrated"} <= meta["val"].keys()
     assert meta["data_fingerprint"] == data_fingerprint(data)
@@ -56,6 +56,14 @@ def test_train_refuses_an_output_not_ending_in_keras(tmp_path: Path) -> None:
     data = _make_folder(tmp_path / "data")
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "m.h5")])
     assert result.exit_code != 0 and ".keras" in result.output
+
+
+def test_train_refuses_zero_members(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(tmp_path / "m.keras"), "--members", "0"]
+    )
+    assert result.exit_code == 2 and "--members" in result.output
 
 
 def test_list_images_orders_labels_and_skips_other_files(tmp_path: Path) -> None:
