@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from covidxray.local_gunicorn import free_port, gunicorn_process, log_tail, wait_until
 
 from .clients import multipart, post
 from .images import BenchImage
@@ -36,7 +36,7 @@ class Served:
     def check(self) -> None:
         """Raise, with the end of the server's log, if gunicorn is gone or lost a worker."""
         if self.process.poll() is not None or len(self.worker_pids()) != self.workers:
-            raise RuntimeError(f"{self.design}: gunicorn or a worker died:\n{self.log.read_text()[-4000:]}")
+            raise RuntimeError(f"{self.design}: gunicorn or a worker died:\n{log_tail(self.log)}")
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers (children of the master)."""
@@ -54,13 +54,6 @@ def status_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return round(int(line.split()[1]) * 1024 / 1e6, 1)
     raise KeyError(field)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def environment(data_dir: Path, port: int, secret: str, model: Path, workers: int) -> dict[str, str]:
@@ -96,24 +89,12 @@ def serve(
     cwd, target = DESIGNS[design]
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / f"{design}.log"
-    command = [sys.executable, "-m", "gunicorn", "-c", "python:covidxray.gunicorn_conf", target]
-    with log_path.open("wb") as log:
-        began = time.perf_counter()
-        process = subprocess.Popen(
-            command, cwd=cwd, env=environment(data_dir, port, secret, model, workers), stdout=log, stderr=log
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            cold = first_answer(base, probe, token, process, log_path) - began
-            yield Served(design, base, process, round(cold, 3), log_path, workers)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    log = data_dir / f"{design}.log"
+    began = time.perf_counter()
+    with gunicorn_process(cwd, target, environment(data_dir, port, secret, model, workers), log) as process:
+        base = f"http://127.0.0.1:{port}"
+        cold = first_answer(base, probe, token, process, log) - began
+        yield Served(design, base, process, round(cold, 3), log, workers)
 
 
 def first_answer(
@@ -126,16 +107,15 @@ def first_answer(
 ) -> float:
     """Post `probe` until the first 200 and return when it came (perf_counter)."""
     body, content_type = multipart(probe)
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+
+    def answered() -> bool:
         try:
             status = post(base, body, content_type, token, timeout=timeout)
         except (ConnectionRefusedError, ConnectionResetError):
-            time.sleep(0.005)
-            continue
-        if status == 200:
-            return time.perf_counter()
-        raise RuntimeError(f"the first answer was {status}:\n{log.read_text()[-4000:]}")
-    raise TimeoutError(f"no answer from {base} after {timeout} s:\n{log.read_text()[-4000:]}")
+            return False
+        if status != 200:
+            raise RuntimeError(f"the first answer was {status}:\n{log_tail(log)}")
+        return True
+
+    wait_until(answered, base, process, log, timeout, pause=0.005)
+    return time.perf_counter()

@@ -16,41 +16,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_MB = 2  # small, so that the over-the-limit requests stay cheap
 WARM_AFTER = 10  # seconds
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    """Poll /readyz until it answers 200, failing early if gunicorn died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def workers_of(master: int) -> list[int]:
@@ -88,6 +62,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT))
     from covidxray.auth import issue_token
+    from covidxray.local_gunicorn import free_port, gunicorn_process, wait_ready
     from covidxray.settings import Settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="covidxray-soak-"))
@@ -108,14 +83,12 @@ def main() -> int:
     for name in ("COVIDXRAY_JWT_KEYS", "COVIDXRAY_JWT_ISSUER", "COVIDXRAY_JWT_AUDIENCE"):
         env.pop(name, None)
     log = data_dir / "gunicorn.log"
-    command = [sys.executable, "-m", "gunicorn", "-c", "python:covidxray.gunicorn_conf", "wsgi:app"]
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            command, cwd=ROOT / "app-keras", env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, server, log)
+    with gunicorn_process(ROOT / "app-keras", "wsgi:app", env, log) as server:
+        try:
+            wait_ready(url, server, log, timeout=120)
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(str(error)) from None
         time.sleep(1)  # let every worker finish loading
         before = {pid: rss_mib(pid) for pid in workers_of(server.pid)}
         report = data_dir / "soak.json"
@@ -144,12 +117,6 @@ def main() -> int:
             time.sleep(0.5)
         locust_rc = runner.returncode
         after = {pid: rss_mib(pid) for pid in workers_of(server.pid)}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
     counts = json.loads(report.read_text()) if report.exists() else {"answers": [], "unexpected": []}
     print("\nanswers by request and status:")

@@ -366,11 +366,10 @@ def test_service_never_imports_tensorflow(tmp_path, sample_jpeg):
 
 
 @pytest.mark.slow
-def test_automl_service_under_gunicorn_exports_backend_metrics(tmp_path, standin, sample_jpeg, monkeypatch):
-    get = requests.get  # a worker importing google-cloud-aiplatform may take over wait_ready's 1 s to answer
-    monkeypatch.setattr(requests, "get", lambda url, **kw: get(url, **{**kw, "timeout": 15}))
+def test_automl_service_under_gunicorn_exports_backend_metrics(tmp_path, standin, sample_jpeg):
     env = {"COVIDXRAY_AUTOML_ENDPOINT": VERTEX, "COVIDXRAY_AUTOML_API_ENDPOINT": standin.address}
-    with gunicorn(tmp_path, service="app-automl", workers=1, **env) as url:
+    # answer_timeout: a worker importing google-cloud-aiplatform may take over 1 s to answer /readyz
+    with gunicorn(tmp_path, service="app-automl", workers=1, answer_timeout=15, **env) as url:
         headers = {"Authorization": f"Bearer {issue_token(Settings(data_dir=tmp_path).validated(), 'a')}"}
         files = {"image": ("x.jpg", sample_jpeg)}
         assert (
@@ -378,7 +377,7 @@ def test_automl_service_under_gunicorn_exports_backend_metrics(tmp_path, standin
         )
         standin.configure(mode="error", code="NOT_FOUND")
         assert requests.post(f"{url}/api/v1/predict", headers=headers, files=files).status_code == 502
-        metrics = requests.get(f"{url}/metrics").text
+        metrics = requests.get(f"{url}/metrics", timeout=15).text
     assert re.search(r'covidxray_automl_failures_total\{code="NOT_FOUND"\} 1\.0', metrics)
     assert re.search(r"covidxray_automl_circuit_open 0\.0", metrics)
     assert re.search(r"covidxray_automl_last_success_timestamp_seconds \d", metrics)

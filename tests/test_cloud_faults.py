@@ -23,10 +23,11 @@ from covidxray import outbox as ob
 from covidxray.auth import issue_token
 from covidxray.bigquery import init_bigquery, make_client
 from covidxray.imaging import Prepared
+from covidxray.local_gunicorn import free_port
 from covidxray.predictors import Outcome, Predictor
 from covidxray.settings import Settings
 from tests.bigquery_server import BigQueryServer
-from tests.servers import ROOT, free_port, gunicorn
+from tests.servers import ROOT, gunicorn
 from tests.test_gcs import BUCKET, gcs_emulator
 
 LOG_URI = "bigquery://proj/covidxray/predictions"

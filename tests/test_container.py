@@ -26,9 +26,10 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from covidxray.local_gunicorn import free_port
 from covidxray.runtime import DEFAULT_MODEL
 
-from .servers import ROOT, free_port
+from .servers import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent

@@ -21,8 +21,8 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 import covidxray.gcs
 from covidxray.errors import BackendUnavailable, NotFound
 from covidxray.gcs import GCSImageStore
+from covidxray.local_gunicorn import free_port
 from covidxray.storage import open_image_store
-from tests.servers import free_port
 
 BUCKET = "covidxray-test"
 
