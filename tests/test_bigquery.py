@@ -19,6 +19,7 @@ from covidxray.bigquery import BigQueryRequestLog, id_window, init_bigquery, mak
 from covidxray.bigquery_schema import SCHEMA
 from covidxray.errors import BackendUnavailable
 from covidxray.requestlog import HistoryQuery, PredictionRecord, SqliteRequestLog, open_request_log
+from tests import helpers
 from tests.bigquery_server import BigQueryServer
 
 URI = "bigquery://proj/covidxray/predictions"
@@ -58,22 +59,16 @@ def bq(server: BigQueryServer) -> BigQueryRequestLog:
 
 
 def make_record(**changes: object) -> PredictionRecord:
-    """A complete record created now."""
-    record = PredictionRecord(
-        id=str(uuid7()),
-        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    """A record created now with every field set, DICOM, clinical data and a heatmap included."""
+    full: dict[str, object] = dict(
         backend="keras",
         model_name="covidxray-cnn",
         model_version="2026.11.1",
-        status="ok",
         image_uri="gs://b/uploads/ab/cd/abcd.png",
         sha256="ab" * 32,
         format="dicom",
         size_bytes=2048,
-        width=96,
-        height=96,
         latency_ms=12.5,
-        subject="alice",
         predicted_class="covid",
         score=0.93,
         probabilities={"covid": 0.93, "pneumonia": 0.05, "normal": 0.02},
@@ -82,9 +77,7 @@ def make_record(**changes: object) -> PredictionRecord:
         dicom={"modality": "DX", "view_position": "PA", "bits_stored": 12},
         heatmap_uri="gs://b/uploads/ef/01/ef01.png",
     )
-    for name, value in changes.items():
-        setattr(record, name, value)
-    return record
+    return helpers.make_record(**{**full, **changes})
 
 
 def test_init_creates_a_day_partitioned_table_with_the_sqlite_logs_fields(

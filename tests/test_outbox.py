@@ -12,12 +12,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from uuid6 import uuid7
 
 from covidxray import buffered
 from covidxray import outbox as ob
@@ -25,6 +22,8 @@ from covidxray.errors import NotFound
 from covidxray.requestlog import HistoryQuery, PredictionRecord, RequestLog, SqliteRequestLog
 from covidxray.settings import Settings
 from covidxray.storage import ImageStore, LocalImageStore, StoredImage
+
+from .helpers import make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,32 +105,6 @@ class FakeCloudLog(RequestLog):
         self.audits[row_id or ""] = (at or "", actor, action, detail)
 
 
-def make_record(image_uri: str = "gs://fake/a.png", **changes: Any) -> PredictionRecord:
-    """A small record created now."""
-    record = PredictionRecord(
-        id=str(uuid7()),
-        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        backend="fake",
-        model_name="fake",
-        model_version="1",
-        status="ok",
-        image_uri=image_uri,
-        sha256="0" * 64,
-        format="png",
-        size_bytes=10,
-        width=96,
-        height=96,
-        latency_ms=1.0,
-        subject="alice",
-        predicted_class="normal",
-        score=0.9,
-        probabilities={"covid": 0.05, "pneumonia": 0.05, "normal": 0.9},
-    )
-    for name, value in changes.items():
-        setattr(record, name, value)
-    return record
-
-
 Wrapped = tuple[ImageStore, RequestLog, ob.Outbox, FakeCloudStore, FakeCloudLog]
 
 
@@ -166,7 +139,7 @@ def test_the_embedded_defaults_need_no_outbox(tmp_path: Path) -> None:
 def test_writes_are_committed_locally_and_readable_before_shipping(wrapped: Wrapped, tmp_path: Path) -> None:
     images, requests_log, outbox, cloud, cloud_log = wrapped
     stored = images.put(b"image bytes", "png", content_type="image/png", request_id="r1")
-    record = make_record(stored.uri)
+    record = make_record(image_uri=stored.uri)
     requests_log.record(record)
     assert cloud.objects == {} and cloud_log.rows == {}
     assert images.get(stored.uri) == b"image bytes"
@@ -184,7 +157,7 @@ def test_a_restarted_worker_ships_what_was_left_and_reads_then_come_from_the_clo
 ) -> None:
     images, requests_log, _, cloud, cloud_log = wrapped
     stored = images.put(b"image bytes", "png", content_type="image/png", request_id="r1")
-    record = make_record(stored.uri)
+    record = make_record(image_uri=stored.uri)
     requests_log.record(record)
     again = buffered.wrap_cloud_backends(cloud, cloud_log, Settings(data_dir=tmp_path))[2]
     assert again is not None
@@ -258,7 +231,7 @@ def test_writes_to_one_key_ship_in_order(wrapped: Wrapped) -> None:
 def test_erasing_a_record_never_sent_just_cancels_it(wrapped: Wrapped) -> None:
     images, requests_log, outbox, cloud, _ = wrapped
     stored = images.put(b"bytes", "png", content_type="image/png", request_id="r")
-    record = make_record(stored.uri)
+    record = make_record(image_uri=stored.uri)
     requests_log.record(record)
     requests_log.delete(record.id)
     images.delete(stored.uri)
@@ -293,8 +266,8 @@ def test_a_refused_row_backs_off_while_the_rows_it_held_back_go_at_once(wrapped:
 def test_search_and_count_merge_the_outbox_with_the_cloud(wrapped: Wrapped) -> None:
     _, requests_log, outbox, _, _ = wrapped
     shipped, waiting = (
-        make_record("gs://fake/same.png"),
-        make_record("gs://fake/same.png", predicted_class="covid"),
+        make_record(image_uri="gs://fake/same.png"),
+        make_record(image_uri="gs://fake/same.png", predicted_class="covid"),
     )
     requests_log.record(shipped)
     assert outbox.worker is not None and outbox.worker.ship_once() == (1, 1)
@@ -339,7 +312,8 @@ from pathlib import Path
 from covidxray import outbox as ob
 from covidxray.buffered import wrap_cloud_backends
 from covidxray.settings import Settings
-from tests.test_outbox import FakeCloudLog, FakeCloudStore, make_record
+from tests.helpers import make_record
+from tests.test_outbox import FakeCloudLog, FakeCloudStore
 
 cloud, cloud_log = FakeCloudStore(), FakeCloudLog()
 atexit.register(lambda: print("shipped", len(cloud.objects), len(cloud_log.rows), flush=True))
