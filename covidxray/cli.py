@@ -56,7 +56,22 @@ def _setup_logging() -> None:
     default=None,
     help="networks to train and average into the one shipped model",
 )
-def train(data_dir: str, out: Path, epochs: int | None, seed: int | None, members: int | None) -> None:
+@click.option(
+    "--mixup",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Beta(a, a) parameter of mixup within each batch (0: off)",
+)
+@click.option("--hflip/--no-hflip", default=None, help="random left-right flips in the augmentation")
+def train(
+    data_dir: str,
+    out: Path,
+    epochs: int | None,
+    seed: int | None,
+    members: int | None,
+    mixup: float | None,
+    hflip: bool | None,
+) -> None:
     """Train the CNN; write FILE.keras, its ONNX twin FILE.onnx and the metadata FILE.json."""
     import json
 
@@ -70,6 +85,8 @@ def train(data_dir: str, out: Path, epochs: int | None, seed: int | None, member
     cfg.epochs = epochs if epochs is not None else cfg.epochs
     cfg.seed = seed if seed is not None else cfg.seed
     cfg.members = members if members is not None else cfg.members
+    cfg.mixup = mixup if mixup is not None else cfg.mixup
+    cfg.hflip = hflip if hflip is not None else cfg.hflip
     try:
         with _data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg)

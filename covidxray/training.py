@@ -39,6 +39,8 @@ class TrainConfig:
     patience: int = 12
     source_balance: float = 0.5  # exponent of the inverse (source, label) frequency weight
     ema: float = 0.99  # exponential moving average of the weights (0: off), used for val and saved
+    mixup: float = 0.0  # Beta(a, a) parameter of mixup within each batch (0: off)
+    hflip: bool = False  # random left-right flips
     seed: int = 20261125
     members: int = 1  # networks trained from seeds seed, seed + 1, ... whose logits are averaged
 
@@ -94,21 +96,44 @@ def sample_weights(labels: np.ndarray, sources: list[str], balance: float) -> np
     return (weights / weights.mean()).astype(np.float32)
 
 
-def augmenter(seed: int):  # noqa: ANN201 (a keras.Sequential; keras is imported lazily)
-    """Augmentation suited to chest films: small rotation, shift, zoom, brightness and contrast."""
+def augmenter(seed: int, hflip: bool = False):  # noqa: ANN201 (a keras.Sequential; keras is imported lazily)
+    """Chest-film augmentation: small rotation, shift, zoom, brightness, contrast; no vertical flips."""
     import keras
     from keras import layers
 
-    return keras.Sequential(
-        [
-            layers.RandomRotation(0.025, fill_mode="constant", seed=seed),  # about ±9°
-            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom((-0.12, 0.08), fill_mode="constant", seed=seed + 2),
-            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 3),
-            layers.RandomContrast(0.2, seed=seed + 4),
-        ],
-        name="augment",
-    )
+    steps = [
+        layers.RandomRotation(0.025, fill_mode="constant", seed=seed),  # about ±9°
+        layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 1),
+        layers.RandomZoom((-0.12, 0.08), fill_mode="constant", seed=seed + 2),
+        layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 3),
+        layers.RandomContrast(0.2, seed=seed + 4),
+    ]
+    if hflip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed + 5))
+    return keras.Sequential(steps, name="augment")
+
+
+def mixup(alpha: float, seed: int):  # noqa: ANN201 (a tf.data map function; tensorflow is imported lazily)
+    """Return a batch map that blends each example with another of the batch by a Beta(alpha, alpha) share.
+
+    Images, one-hot targets and sample weights are blended alike.
+    """
+    import tensorflow as tf
+
+    generator = tf.random.Generator.from_seed(seed)
+
+    def blend(xb, yb, *weights):  # noqa: ANN001, ANN202
+        seeds = generator.make_seeds(2)
+        gammas = tf.random.stateless_gamma([2], seeds[:, 0], alpha)
+        share = gammas[0] / (gammas[0] + gammas[1])
+        other = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(xb)[0]), seeds[:, 1])
+
+        def mix(t):  # noqa: ANN001, ANN202
+            return share * t + (1.0 - share) * tf.gather(t, other)
+
+        return (mix(xb), mix(yb), *(mix(w) for w in weights))
+
+    return blend
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, cfg: TrainConfig, train: bool):  # noqa: ANN201
@@ -126,12 +151,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, cfg: TrainC
 
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if train:
-        aug = augmenter(cfg.seed)
+        aug = augmenter(cfg.seed, cfg.hflip)
 
         def augment(xb, *rest):  # noqa: ANN001, ANN202
             return (tf.clip_by_value(aug(xb, training=True), 0.0, 1.0), *rest)
 
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        if cfg.mixup > 0:
+            ds = ds.map(mixup(cfg.mixup, cfg.seed))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covidxray.cli import main
-from covidxray.training import data_fingerprint, list_images, sample_weights
+from covidxray.training import augmenter, data_fingerprint, list_images, mixup, sample_weights
 
 LABELS = ("covid", "pneumonia", "normal")
 
@@ -37,13 +37,16 @@ def test_train_runs_end_to_end_for_one_epoch(tmp_path: Path) -> None:
     data = _make_folder(tmp_path / "data")
     out = tmp_path / "out" / "m.keras"
     args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seed", "3", "--members", "2"]
+    args += ["--mixup", "0.2", "--hflip"]
     result = CliRunner().invoke(main, ["train", *args])
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.with_suffix(".onnx").is_file()
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["labels"] == list(LABELS)
     assert meta["name"] == "m" and meta["temperature"] > 0
-    assert meta["training"]["config"]["seed"] == 3 and meta["training"]["config"]["members"] == 2
+    config = meta["training"]["config"]
+    assert config["seed"] == 3 and config["members"] == 2
+    assert config["mixup"] == 0.2 and config["hflip"] is True
     assert [(m["seed"], m["epochs_run"]) for m in meta["training"]["members"]] == [(3, 1), (4, 1)]
     assert max(meta["onnx_max_abs_diff"].values()) <= 1e-4
     assert {"ece", "ece_uncalibrated"} <= meta["val"].keys()
@@ -66,6 +69,14 @@ def test_train_refuses_zero_members(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--members" in result.output
 
 
+def test_train_refuses_a_negative_mixup(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(tmp_path / "m.keras"), "--mixup", "-0.1"]
+    )
+    assert result.exit_code == 2 and "--mixup" in result.output
+
+
 def test_list_images_orders_labels_and_skips_other_files(tmp_path: Path) -> None:
     data = _make_folder(tmp_path / "data")
     (data / "val" / "covid" / "notes.txt").write_text("x")
@@ -81,3 +92,28 @@ def test_sample_weights_balance_classes_and_sources() -> None:
     assert w[:4].sum() == pytest.approx(w[4:].sum())  # classes weigh the same in total
     w = sample_weights(labels, sources, balance=1.0)
     assert w[3] == pytest.approx(w[:3].sum())  # each source of a class weighs the same in total
+
+
+def test_mixup_blends_images_targets_and_weights_by_one_share_and_pairing() -> None:
+    import tensorflow as tf
+
+    values = np.arange(1, 9, dtype=np.float32)  # image i is the constant values[i], and so is its weight
+    images = tf.constant(np.broadcast_to(values[:, None, None, None], (8, 4, 4, 1)))
+    targets = tf.constant(np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2, 0, 1]])
+    blend = mixup(0.4, seed=7)
+    shares = set()
+    for _ in range(5):
+        x, y, w = (t.numpy() for t in blend(images, targets, tf.constant(values)))
+        assert np.allclose(x[:, 0, 0, 0], w) and np.allclose(x.min(axis=(1, 2, 3)), x.max(axis=(1, 2, 3)))
+        assert np.allclose(y.sum(axis=1), 1.0) and (y >= 0).all()
+        assert values.min() <= w.min() and w.max() <= values.max()
+        assert w.sum() == pytest.approx(values.sum(), rel=1e-5)  # a pairing, not a resampling
+        shares.add(round(float(y.max(axis=1).min()), 4))
+    assert len(shares) > 1  # a new share each batch
+
+
+def test_augmenter_flips_left_right_only_when_asked() -> None:
+    plain = [type(layer).__name__ for layer in augmenter(1).layers]
+    flipped = augmenter(1, hflip=True).layers
+    assert "RandomFlip" not in plain
+    assert type(flipped[-1]).__name__ == "RandomFlip" and flipped[-1].mode == "horizontal"
