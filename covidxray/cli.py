@@ -81,12 +81,8 @@ def train(
     _setup_logging()
     if out.suffix != ".keras":
         raise click.BadParameter("must end in .keras", param_hint="--out")
-    cfg = TrainConfig()
-    cfg.epochs = epochs if epochs is not None else cfg.epochs
-    cfg.seed = seed if seed is not None else cfg.seed
-    cfg.members = members if members is not None else cfg.members
-    cfg.mixup = mixup if mixup is not None else cfg.mixup
-    cfg.hflip = hflip if hflip is not None else cfg.hflip
+    options: dict[str, Any] = dict(epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip)
+    cfg = TrainConfig(**{name: value for name, value in options.items() if value is not None})
     try:
         with _data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg)
