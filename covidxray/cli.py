@@ -48,6 +48,14 @@ def _setup_logging() -> None:
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
 )
+@click.option(
+    "--backbone",
+    type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch"]),
+    default="efficientnet-lite0",
+    show_default=True,
+    help="ImageNet-pretrained EfficientNet-Lite to fine-tune, or the small CNN trained from scratch",
+)
+@click.option("--size", type=click.IntRange(min=32), default=None, help="input size in pixels")
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
 @click.option("--seed", type=int, default=None, help="random seed (member i uses seed + i)")
 @click.option(
@@ -66,13 +74,15 @@ def _setup_logging() -> None:
 def train(
     data_dir: str,
     out: Path,
+    backbone: str,
+    size: int | None,
     epochs: int | None,
     seed: int | None,
     members: int | None,
     mixup: float | None,
     hflip: bool | None,
 ) -> None:
-    """Train the CNN; write FILE.keras, its ONNX twin FILE.onnx and the metadata FILE.json."""
+    """Train the model; write FILE.keras, its ONNX twins FILE.onnx and FILE.int8.onnx, and FILE.json."""
     import json
 
     from .training import TrainConfig
@@ -81,8 +91,10 @@ def train(
     _setup_logging()
     if out.suffix != ".keras":
         raise click.BadParameter("must end in .keras", param_hint="--out")
-    options: dict[str, Any] = dict(epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip)
-    cfg = TrainConfig(**{name: value for name, value in options.items() if value is not None})
+    options: dict[str, Any] = dict(
+        size=size, epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip
+    )
+    cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
     try:
         with _data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg)
@@ -118,7 +130,7 @@ def train(
 @click.option(
     "--runtime",
     "runtime_name",
-    type=click.Choice(["onnx", "keras"]),
+    type=click.Choice(["onnx", "onnx-float", "onnx-int8", "keras"]),
     default="onnx",
     show_default=True,
     help="onnx: the served twin; keras: the Keras model itself",
@@ -210,7 +222,11 @@ def _automl_logits(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
-    "--runtime", "runtime_name", type=click.Choice(["onnx", "keras"]), default="onnx", show_default=True
+    "--runtime",
+    "runtime_name",
+    type=click.Choice(["onnx", "onnx-float", "onnx-int8", "keras"]),
+    default="onnx",
+    show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list")
 @click.option(

@@ -1,4 +1,7 @@
-"""The CNN: a small residual network with a global-average-pooling head straight into the logits."""
+"""The networks: an ImageNet-pretrained EfficientNet-Lite or a small residual CNN trained from scratch.
+
+Both end in global average pooling straight into the logits, so class activation maps are exact.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,42 @@ def build_model(
     pooled = layers.Dropout(dropout)(pooled)
     logits = layers.Dense(n_classes, name=LOGITS)(pooled)
     return keras.Model(inputs, [logits, features], name="covidxray_cnn")
+
+
+def build_pretrained(
+    backbone: str = "efficientnet-lite0",
+    size: int = 224,
+    n_classes: int = 3,
+    dropout: float = 0.2,
+    weights: bool = True,
+    drop_connect: float = 0.2,
+) -> keras.Model:
+    """Return EfficientNet-Lite with its ImageNet weights, mapping (size, size, 1) to [logits, features].
+
+    The grey film is repeated to three channels and scaled to the weights' convention inside the model,
+    so every runtime sees the ONE preprocessed tensor. Batch normalisation keeps its ImageNet statistics
+    (inference mode, not trainable): batches of a few dozen films are too small to re-estimate them.
+    """
+    from .efficientnet_lite import VARIANTS, build_backbone, load_weights, to_rgb
+
+    net = build_backbone(backbone, size, drop_connect)
+    if weights:
+        load_weights(net, VARIANTS[backbone].weights_path())
+    for layer in net.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    inputs = keras.Input((size, size, 1), name="image")
+    features = layers.Identity(name=FEATURES)(net(to_rgb(inputs)))
+    pooled = layers.GlobalAveragePooling2D()(features)
+    pooled = layers.Dropout(dropout)(pooled)
+    logits = layers.Dense(n_classes, name=LOGITS)(pooled)
+    return keras.Model(inputs, [logits, features], name=f"covidxray_{net.name}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The nested pretrained backbone of `model` (None for the scratch network)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[0] if nested else None
 
 
 def ensemble(members: list[keras.Model]) -> keras.Model:

@@ -48,8 +48,6 @@ class ModelInfo:
 class OnnxRuntime:
     """Runs the exported ONNX twin with onnxruntime (session.run is thread-safe)."""
 
-    name = "onnx"
-
     def __init__(self, onnx_path: str | Path, info: ModelInfo, threads: int = 1):
         import onnxruntime as ort
 
@@ -58,6 +56,7 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         self.path = Path(onnx_path)
         self.info = info
+        self.name = "onnx-int8" if self.path.name.endswith(".int8.onnx") else "onnx"
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._weights: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -99,17 +98,29 @@ class KerasRuntime:
         return np.asarray(kernel), np.asarray(bias)
 
 
+RUNTIMES = ("onnx", "onnx-float", "onnx-int8", "keras")
+
+
 def load_runtime(
     model_path: str | Path = DEFAULT_MODEL, runtime: str | None = None, threads: int = 1
 ) -> OnnxRuntime | KerasRuntime:
-    """Load the model at `model_path` (the .keras file): its ONNX twin by default, or Keras itself."""
+    """Load the model at `model_path` (the .keras file).
+
+    `onnx` (the default) runs the twin the metadata names to serve, `onnx-float` and `onnx-int8` a given
+    twin, `keras` the Keras model itself.
+    """
     model_path = Path(model_path)
     info = ModelInfo.load(model_path.with_suffix(".json"))
-    if runtime in (None, "", "onnx"):
-        return OnnxRuntime(model_path.with_suffix(".onnx"), info, threads)
     if runtime == "keras":
         return KerasRuntime(model_path, info)
-    raise ValueError(f"unknown runtime {runtime!r}; known: onnx, keras")
+    if runtime not in (None, "", *RUNTIMES):
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    twin = info.extra.get("serve", "onnx-float") if runtime in (None, "", "onnx") else runtime
+    files = {name: entry.get("file") for name, entry in info.extra.get("twins", {}).items()}
+    files.setdefault("onnx-float", model_path.with_suffix(".onnx").name)
+    if twin not in files:
+        raise ValueError(f"the model at {model_path} has no {twin} twin; it has: {', '.join(sorted(files))}")
+    return OnnxRuntime(model_path.parent / files[twin], info, threads)
 
 
 def _onnx_output_weights(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

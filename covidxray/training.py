@@ -23,26 +23,58 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif"}
 ONNX_TOLERANCE = 1e-4
 
 
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch")
+
+
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run (stored in the metadata JSON)."""
+    """Hyper-parameters of one training run (stored in the metadata JSON).
 
+    The defaults fine-tune the pretrained backbone; `for_backbone("scratch")` gives the recipe of the
+    network trained from scratch.
+    """
+
+    backbone: str = "efficientnet-lite0"
     size: int = 224
-    widths: tuple[int, ...] = (16, 32, 64, 128, 192)
-    blocks: int = 2  # residual blocks per stage
-    epochs: int = 45
-    batch_size: int = 32
-    learning_rate: float = 2e-3
+    widths: tuple[int, ...] = (16, 32, 64, 128, 192)  # scratch only
+    blocks: int = 2  # residual blocks per stage (scratch only)
+    epochs: int = 10
+    head_epochs: int = 60  # output-layer warm-up on frozen features (pretrained only)
+    batch_size: int = 16
+    learning_rate: float = 1e-3  # the head's (the whole network's for scratch)
+    backbone_learning_rate: float = 2e-4  # pretrained only
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
-    dropout: float = 0.3
-    patience: int = 12
+    dropout: float = 0.2
+    patience: int = 4
     source_balance: float = 0.5  # exponent of the inverse (source, label) frequency weight
-    ema: float = 0.99  # exponential moving average of the weights (0: off), used for val and saved
+    ema: float = 0.0  # exponential moving average of the weights (0: off; scratch only)
     mixup: float = 0.0  # Beta(a, a) parameter of mixup within each batch (0: off)
     hflip: bool = False  # random left-right flips
-    seed: int = 20261125
+    seed: int = 20261203
     members: int = 1  # networks trained from seeds seed, seed + 1, ... whose logits are averaged
+
+    @classmethod
+    def for_backbone(cls, backbone: str, **overrides: object) -> TrainConfig:
+        """The default recipe for `backbone`, with `overrides` on top."""
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+        base: dict[str, object] = {"backbone": backbone}
+        if backbone == "scratch":
+            base.update(
+                epochs=45,
+                batch_size=32,
+                learning_rate=2e-3,
+                dropout=0.3,
+                patience=12,
+                ema=0.99,
+                seed=20261125,
+            )
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+
+    @property
+    def pretrained(self) -> bool:
+        return self.backbone != "scratch"
 
 
 def list_images(folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -169,6 +201,10 @@ def fit_member(data: tuple, cfg: TrainConfig, seed: int, verbose: int = 1):  # n
     from .model import build_model, logits_model
 
     x_train, y_train, w_train, x_val, y_val = data
+    if cfg.pretrained:
+        from .finetune import fit_pretrained
+
+        return fit_pretrained(data, replace(cfg, seed=seed), seed, verbose)
     keras.utils.set_random_seed(seed)
     model = build_model(cfg.size, cfg.widths, len(LABELS), cfg.dropout, cfg.blocks)
     trainable = logits_model(model)
@@ -200,7 +236,8 @@ def fit_member(data: tuple, cfg: TrainConfig, seed: int, verbose: int = 1):  # n
 def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # noqa: ANN201
     """Train `cfg.members` networks (seeds seed, seed + 1, ...) on the two folders and join them.
 
-    Returns (model, val logits, val labels, one history per member, a few val images).
+    Returns (model, val logits, val labels, one history per member, val films, calibration films):
+    films as float32 in [0, 1], the calibration films a seeded sample of up to 128 training films.
     """
     from .model import ensemble
 
@@ -219,16 +256,19 @@ def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # 
         members.append(member)
         histories.append(history)
     model = ensemble(members)
-    probe = x_val.astype(np.float32) / 255.0
-    val_logits = np.asarray(model.predict(probe, verbose=0)[0])
-    return model, val_logits, y_val, histories, probe[:12]
+    films = x_val.astype(np.float32) / 255.0
+    val_logits = np.asarray(model.predict(films, verbose=0)[0])
+    pick = np.random.default_rng(cfg.seed).permutation(len(x_train))[:128]
+    return model, val_logits, y_val, histories, films, x_train[np.sort(pick)].astype(np.float32) / 255.0
 
 
 def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int = 1) -> dict:
-    """Train, calibrate on val, write FILE.keras, FILE.onnx and FILE.json; return the metadata."""
+    """Train, calibrate on val, write FILE.keras, FILE.onnx, FILE.int8.onnx and FILE.json; return the meta."""
     data_dir, out = Path(data_dir), Path(out)
     started = time.monotonic()
-    model, val_logits, y_val, histories, val_probe = fit(data_dir / "train", data_dir / "val", cfg, verbose)
+    model, val_logits, y_val, histories, x_val, calib = fit(
+        data_dir / "train", data_dir / "val", cfg, verbose
+    )
     temperature = calibration.fit_temperature(val_logits, y_val)
     ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), y_val)
     ece_after = calibration.expected_calibration_error(calibration.softmax(val_logits, temperature), y_val)
@@ -253,7 +293,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int 
             "seconds": round(time.monotonic() - started, 1),
         },
     }
-    return save_model(model, out, meta, probe=val_probe)
+    meta = save_model(model, out, meta, probe=x_val[:12])
+    return add_int8_twin(out, meta, calib, x_val, y_val)
 
 
 def member_summary(seed: int, history: dict) -> dict:
@@ -280,7 +321,27 @@ def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) ->
     size = int(model.inputs[0].shape[1])
     noise = np.random.default_rng(0).random((4, size, size, 1), dtype=np.float32)
     probe = noise if probe is None else np.concatenate([noise, probe.astype(np.float32)])
-    meta = {**meta, "onnx_max_abs_diff": check_twin(model, onnx_path, probe, ONNX_TOLERANCE)}
+    diffs = check_twin(model, onnx_path, probe, ONNX_TOLERANCE)
+    meta = {
+        **meta,
+        "onnx_max_abs_diff": diffs,
+        "serve": "onnx-float",
+        "twins": {"onnx-float": {"file": onnx_path.name, "max_abs_diff_vs_keras": diffs}},
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("wrote %s, %s and %s", out, onnx_path, out.with_suffix(".json"))
+    return meta
+
+
+def add_int8_twin(out: Path, meta: dict, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Write FILE.int8.onnx (calibrated on training films `calib`), measure it against the float twin on
+    val, and record it in FILE.json; return the metadata."""
+    from .quantize import compare, quantize_int8, run_onnx
+
+    float_path, int8_path = out.with_suffix(".onnx"), out.with_suffix(".int8.onnx")
+    quantize_int8(float_path, int8_path, calib)
+    figures = compare(run_onnx(float_path, x_val), run_onnx(int8_path, x_val), y_val, meta["temperature"])
+    meta = {**meta, "twins": {**meta["twins"], "onnx-int8": {"file": int8_path.name, "val": figures}}}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("wrote %s: top-1 agreement with the float twin %.3f", int8_path, figures["top1_agreement"])
     return meta

@@ -143,3 +143,53 @@ def test_onnx_path_never_imports_tensorflow(model_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert json.loads(model_path.with_suffix(".json").read_text())["onnx_max_abs_diff"]["logits"] <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def twins_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small model with both twins: float and int8 (calibrated on random films)."""
+    from covidxray.training import add_int8_twin, save_model
+
+    out = tmp_path_factory.mktemp("twins") / "small.keras"
+    meta = save_model(_small_model(1), out, _meta("small"))
+    films = np.random.default_rng(2).random((24, 96, 96, 1), dtype=np.float32)
+    add_int8_twin(out, meta, films[:16], films[16:], np.array([0, 1, 2, 0, 1, 2, 0, 1]))
+    return out
+
+
+def test_the_metadata_names_each_twin_and_the_one_to_serve(twins_path: Path) -> None:
+    meta = json.loads(twins_path.with_suffix(".json").read_text())
+    assert meta["serve"] == "onnx-float"
+    assert meta["twins"]["onnx-float"]["file"] == "small.onnx"
+    assert meta["twins"]["onnx-int8"]["file"] == "small.int8.onnx"
+    assert set(meta["twins"]["onnx-int8"]["val"]) >= {"top1_agreement", "max_probability_difference"}
+
+
+def test_each_twin_is_loaded_by_its_name(twins_path: Path) -> None:
+    assert load_runtime(twins_path).path.name == "small.onnx"
+    assert load_runtime(twins_path, "onnx-float").path.name == "small.onnx"
+    int8 = load_runtime(twins_path, "onnx-int8")
+    assert int8.path.name == "small.int8.onnx" and int8.name == "onnx-int8"
+    logits, features = int8.run(np.zeros((2, 96, 96, 1), np.float32))
+    assert logits.shape == (2, 3) and features.shape[0] == 2
+
+
+def test_the_runtime_serves_the_twin_the_metadata_names(twins_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for file in twins_path.parent.iterdir():
+        shutil.copy(file, tmp_path / file.name)
+    meta = json.loads((tmp_path / "small.json").read_text())
+    (tmp_path / "small.json").write_text(json.dumps({**meta, "serve": "onnx-int8"}))
+    assert load_runtime(tmp_path / "small.keras").path.name == "small.int8.onnx"
+
+
+def test_the_int8_twin_keeps_the_output_layer_in_float(twins_path: Path) -> None:
+    float_rt, int8_rt = load_runtime(twins_path, "onnx-float"), load_runtime(twins_path, "onnx-int8")
+    for ours, theirs in zip(int8_rt.output_weights, float_rt.output_weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_twin_the_model_lacks_is_refused_by_name(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="no onnx-int8 twin"):
+        load_runtime(model_path, "onnx-int8")

@@ -33,10 +33,36 @@ def _make_folder(root: Path) -> Path:
     return root
 
 
-def test_train_runs_end_to_end_for_one_epoch(tmp_path: Path) -> None:
+def test_train_fine_tunes_efficientnet_lite0_for_one_epoch_and_writes_both_twins(tmp_path: Path) -> None:
     data = _make_folder(tmp_path / "data")
     out = tmp_path / "out" / "m.keras"
-    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seed", "3", "--members", "2"]
+    args = ["--data", str(data), "--out", str(out), "--backbone", "efficientnet-lite0", "--size", "64"]
+    result = CliRunner().invoke(main, ["train", *args, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    config = meta["training"]["config"]
+    assert config["backbone"] == "efficientnet-lite0" and config["size"] == meta["input_size"] == 64
+    assert meta["training"]["members"][0]["epochs_run"] == 1
+    assert meta["serve"] == "onnx-float"
+    float_twin, int8_twin = meta["twins"]["onnx-float"], meta["twins"]["onnx-int8"]
+    assert (out.parent / float_twin["file"]).is_file() and (out.parent / int8_twin["file"]).is_file()
+    assert max(float_twin["max_abs_diff_vs_keras"].values()) <= 1e-4
+    assert int8_twin["val"]["n"] == 6 and 0.0 <= int8_twin["val"]["top1_agreement"] <= 1.0
+    assert {"accuracy_float", "accuracy_int8", "ece_float", "ece_int8"} <= int8_twin["val"].keys()
+
+
+def test_train_refuses_an_unknown_backbone(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    args = ["--data", str(data), "--out", str(tmp_path / "m.keras"), "--backbone", "resnet50"]
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 2 and "--backbone" in result.output
+
+
+def test_train_runs_the_scratch_network_end_to_end_for_one_epoch(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    out = tmp_path / "out" / "m.keras"
+    args = ["--data", str(data), "--out", str(out), "--backbone", "scratch", "--epochs", "1", "--seed", "3"]
+    args += ["--members", "2"]
     args += ["--mixup", "0.2", "--hflip"]
     result = CliRunner().invoke(main, ["train", *args])
     assert result.exit_code == 0, result.output
@@ -45,7 +71,7 @@ def test_train_runs_end_to_end_for_one_epoch(tmp_path: Path) -> None:
     assert meta["labels"] == list(LABELS)
     assert meta["name"] == "m" and meta["temperature"] > 0
     config = meta["training"]["config"]
-    assert config["seed"] == 3 and config["members"] == 2
+    assert config["backbone"] == "scratch" and config["seed"] == 3 and config["members"] == 2
     assert config["mixup"] == 0.2 and config["hflip"] is True
     assert [(m["seed"], m["epochs_run"]) for m in meta["training"]["members"]] == [(3, 1), (4, 1)]
     assert max(meta["onnx_max_abs_diff"].values()) <= 1e-4
