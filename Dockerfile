@@ -17,7 +17,8 @@ WORKDIR /src
 # Only the metadata: the project installs as its dependencies plus the `covidxray` command, while
 # the code itself comes from /app in the final stage, so code changes keep this layer cached.
 COPY requirements.txt pyproject.toml README.md LICENSE ./
-# Keras serves through onnxruntime only (extra `serve`, no TensorFlow); AutoML needs no model runtime.
+# Keras serves through onnxruntime only (extra `serve`, no TensorFlow); AutoML needs onnxruntime too,
+# for the gate that runs the shipped model's twin before a film is sent to Vertex AI.
 RUN case "$SERVICE" in \
       keras) extras=serve ;; \
       automl) extras=automl ;; \
@@ -47,7 +48,9 @@ RUN groupadd --system --gid 10001 covidxray \
  && install -d -o covidxray -g covidxray -m 0700 /var/lib/covidxray
 COPY --from=build /opt/venv /opt/venv
 COPY covidxray/ /app/covidxray/
-# The service folder: wsgi.py and, for Keras, the shipped model (baked into the image).
+# The service folder: wsgi.py and, for Keras, the shipped model (baked into the image). The AutoML
+# service carries the shipped model as well: its gate for non-frontal inputs runs it.
+COPY app-keras/model/ /app/app-keras/model/
 COPY app-${SERVICE}/ /app/app-${SERVICE}/
 # Compile once as root (the app user cannot write here); refuse an image whose code cannot import
 # or whose model does not load.

@@ -30,13 +30,18 @@ def predictor() -> KerasPredictor:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Development settings over a temp data folder, independent of the environment."""
+    """Development settings over a temp data folder, independent of the environment.
+
+    The gate for non-frontal inputs is off here, since most tests upload generated pictures;
+    tests/test_ood.py turns it on (its default, `refuse`, and `warn`).
+    """
     return Settings(
         data_dir=tmp_path,
         jwt_keys={"": "test-secret-" + "x" * 32},
         secret_key="test-session-key-" + "y" * 32,
         image_store=f"file://{tmp_path / 'uploads'}",
         request_log=f"sqlite:///{tmp_path / 'requests.sqlite3'}",
+        ood="off",
     )
 
 

@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, docs, errorhandlers, history, metrics, security, web
 from .buffered import wrap_cloud_backends
+from .ood import Guard, open_guard
 from .predictors import Predictor, make_predictor
 from .requestlog import open_request_log
 from .retention import start_sweeper
@@ -52,7 +53,13 @@ def create_app(
     images, requests_log, outbox = wrap_cloud_backends(
         open_image_store(settings.image_store), open_request_log(settings.request_log), settings
     )
-    services = Services(settings=settings, predictor=predictor, images=images, log=requests_log)
+    services = Services(
+        settings=settings,
+        predictor=predictor,
+        images=images,
+        log=requests_log,
+        guard=open_gate(settings, predictor),
+    )
     app.extensions["covidxray"] = services
     if outbox is not None:  # cloud backends: writes go through the local outbox, shipped in the background
         app.extensions["covidxray.outbox"] = outbox
@@ -70,6 +77,19 @@ def create_app(
     metrics.init_app(app)
     log.info("service ready", extra={"backend": backend, "env": settings.env})
     return app
+
+
+def open_gate(settings: Settings, predictor: Predictor) -> Guard | None:
+    """The OOD gate of the served model (or, for AutoML, of the shipped one, which it then runs itself)."""
+    from .runtime import DEFAULT_MODEL, load_runtime
+
+    if settings.ood == "off":
+        return None
+    path = getattr(predictor, "model_path", None) or settings.model or DEFAULT_MODEL
+    runtime = (
+        None if predictor.gives_features else load_runtime(path, settings.runtime, settings.runtime_threads)
+    )
+    return open_guard(settings.ood, path, runtime)
 
 
 def configure_logging() -> None:

@@ -15,6 +15,7 @@ _REQUIRED = {"id": _S, "created_at": "TIMESTAMP", "backend": _S, "model_name": _
 _REQUIRED |= {"status": _S, "image_uri": _S, "sha256": _S, "format": _S, "size_bytes": _I, "width": _I}
 _REQUIRED |= {"height": _I, "latency_ms": _F}
 _NULLABLE = {"subject": "STRING", "predicted_class": "STRING", "score": "FLOAT"}
+_NULLABLE |= {"ood_score": "FLOAT", "ood_threshold": "FLOAT"}
 _TYPES = {"sex": "STRING", "modality": "STRING", "view_position": "STRING"}  # other clinical/DICOM: INTEGER
 SCHEMA = [
     *(SchemaField(name, kind, mode="REQUIRED") for name, kind in _REQUIRED.items()),

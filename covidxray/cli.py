@@ -71,6 +71,13 @@ def _setup_logging() -> None:
     help="Beta(a, a) parameter of mixup within each batch (0: off)",
 )
 @click.option("--hflip/--no-hflip", default=None, help="random left-right flips in the augmentation")
+@click.option(
+    "--ood",
+    "ood_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name",
+)
 def train(
     data_dir: str,
     out: Path,
@@ -81,6 +88,7 @@ def train(
     members: int | None,
     mixup: float | None,
     hflip: bool | None,
+    ood_dir: Path | None,
 ) -> None:
     """Train the model; write FILE.keras, its ONNX twins FILE.onnx and FILE.int8.onnx, and FILE.json."""
     import json
@@ -97,12 +105,60 @@ def train(
     cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
     try:
         with _data_folder(data_dir) as folder:
-            meta = run_training(folder, out, cfg)
+            meta = run_training(folder, out, cfg, ood_dir=ood_dir)
     except RuntimeError as exc:  # the ONNX twin disagrees with Keras
         raise click.ClickException(str(exc)) from exc
     click.echo(
         json.dumps({k: meta[k] for k in ("name", "version", "temperature", "val", "onnx_max_abs_diff")})
     )
+
+
+@main.command()
+@click.option(
+    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
+)
+@click.option(
+    "--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None
+)
+def quantize(data_dir: str, model_path: Path | None) -> None:
+    """Write the model's int8 twin (calibrated on training films), measure it on val, record it."""
+    import json
+
+    from .training import int8_twin_for
+
+    _setup_logging()
+    from .runtime import DEFAULT_MODEL
+
+    with _data_folder(data_dir) as folder:
+        entry = int8_twin_for(model_path or DEFAULT_MODEL, folder)
+    click.echo(json.dumps(entry))
+
+
+@main.command()
+@click.option(
+    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
+)
+@click.option(
+    "--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None
+)
+@click.option(
+    "--ood",
+    "ood_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name",
+)
+def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None) -> None:
+    """Fit the gate for non-frontal inputs (threshold on val); write FILE.ood.npz and update FILE.json."""
+    import json
+
+    from .gatefit import build_gate
+    from .runtime import DEFAULT_MODEL
+
+    _setup_logging()
+    with _data_folder(data_dir) as folder:
+        entry = build_gate(model_path or DEFAULT_MODEL, folder, ood_dir)
+    click.echo(json.dumps(entry))
 
 
 @main.command()
@@ -142,6 +198,13 @@ def train(
     default=None,
     help="also write confusion-matrix, ROC and reliability PNGs here",
 )
+@click.option(
+    "--ood",
+    "ood_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="also check the gate: OOD/<kind>/* must be caught, DATA's films let through",
+)
 def evaluate(
     data_dir: str,
     model_path: Path | None,
@@ -149,10 +212,11 @@ def evaluate(
     runtime_name: str,
     as_json: bool,
     report: Path | None,
+    ood_dir: Path | None,
 ) -> None:
     """Evaluate a model on DATA/<label>/* (through the serving runtime by default)."""
     with _data_folder(data_dir) as folder:
-        _evaluate(folder, model_path, backend, runtime_name, as_json, report)
+        _evaluate(folder, model_path, backend, runtime_name, as_json, report, ood_dir)
 
 
 def _evaluate(
@@ -162,6 +226,7 @@ def _evaluate(
     runtime_name: str,
     as_json: bool,
     report: Path | None,
+    ood_dir: Path | None = None,
 ) -> None:
     import json
 
@@ -176,7 +241,7 @@ def _evaluate(
         logits, errors, temperature, model, served_by = _automl_logits(files, progress=not as_json)
     else:
         runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
-        logits, errors = run_files(runtime, files, progress=not as_json)
+        logits, errors, _ = run_files(runtime, files, progress=not as_json)
         temperature, served_by = runtime.info.temperature, runtime.name
         model = {"name": runtime.info.name, "version": runtime.info.version}
     bad = [f"{f}: {e}" for f, e in zip(files, errors, strict=True) if e]
@@ -194,9 +259,40 @@ def _evaluate(
     result.update(
         backend=backend, runtime=served_by, model=model, manifest=str(manifest) if manifest else None
     )
+    if ood_dir is not None:
+        result["ood"] = _gate_figures(model_path or DEFAULT_MODEL, files, ood_dir)
     if report is not None:
         evaluation.write_report(report, result, logits, labels)
-    click.echo(json.dumps(result, indent=2) if as_json else evaluation.format_table(result))
+        if ood_dir is not None:
+            from .gatefit import histogram_png
+
+            histogram_png(result["ood"], report / "ood_histogram.png")
+    text = evaluation.format_table(result)
+    if "ood" in result:
+        text += "\n" + _gate_table(result["ood"])
+    click.echo(json.dumps(result, indent=2) if as_json else text)
+
+
+def _gate_figures(model_path: Path, files: list[Path], ood_dir: Path) -> dict[str, Any]:
+    """The gate's figures: DATA's frontal films refused, and each kind under OOD caught."""
+    from .gatefit import evaluate_gate, kind_folders
+    from .ood import gate_path, open_guard
+    from .runtime import load_runtime
+
+    if gate_path(model_path) is None:
+        raise click.ClickException(f"{model_path} has no gate; fit one with `covidxray gate`")
+    guard = open_guard("refuse", model_path)
+    assert guard is not None
+    return evaluate_gate(guard.gate, load_runtime(model_path, "onnx-float"), files, kind_folders(ood_dir))
+
+
+def _gate_table(result: dict[str, Any]) -> str:
+    """The gate's figures as lines of text."""
+    frontal, threshold = result["frontal"], result["threshold"]
+    lines = [f"gate (threshold {threshold:.3f}): {frontal['refused']}/{frontal['n']} frontal films refused"]
+    for kind, row in result["kinds"].items():
+        lines.append(f"  {kind}: {row['caught']}/{row['n']} caught, {row['named']} named as {kind}")
+    return "\n".join(lines)
 
 
 def _automl_logits(
@@ -246,6 +342,7 @@ def predict(
 
     from .calibration import softmax
     from .labels import UNCERTAIN
+    from .ood import open_guard
     from .runtime import DEFAULT_MODEL, load_runtime, run_files
     from .training import IMAGE_SUFFIXES
 
@@ -257,12 +354,21 @@ def predict(
         for f in (sorted(p.rglob("*")) if p.is_dir() else [p])
         if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or not p.is_dir())
     ]
-    runtime = load_runtime(model_path or DEFAULT_MODEL, None if runtime_name == "onnx" else runtime_name)
+    model_path = model_path or DEFAULT_MODEL
+    runtime = load_runtime(model_path, None if runtime_name == "onnx" else runtime_name)
     threshold = float(os.environ.get("COVIDXRAY_UNCERTAIN_BELOW", "0.6"))
-    logits, errors = run_files(runtime, files, progress=True)
+    mode = os.environ.get("COVIDXRAY_OOD", "refuse").lower()
+    if mode not in ("refuse", "warn", "off"):
+        raise click.UsageError(f"COVIDXRAY_OOD must be refuse, warn or off, got {mode!r}")
+    try:
+        gate = open_guard(mode, model_path)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logits, errors, refusals = run_files(runtime, files, progress=True, gate=gate)
     labels = runtime.info.labels
     rows: list[dict[str, Any]] = []
-    for path, row, error in zip(files, logits, errors, strict=True):
+    for path, row, error, refusal in zip(files, logits, errors, refusals, strict=True):
+        error = error or (refusal if mode == "refuse" else None)
         if error:
             rows.append({"file": str(path), "predicted_class": None, "score": None, "error": error})
             continue
@@ -271,9 +377,10 @@ def predict(
         rows.append(
             {
                 "file": str(path),
-                "predicted_class": labels[top] if probs[top] >= threshold else UNCERTAIN,
+                "predicted_class": labels[top] if probs[top] >= threshold and not refusal else UNCERTAIN,
                 "score": round(float(probs[top]), 4),
                 "probabilities": {k: round(float(v), 4) for k, v in zip(labels, probs, strict=True)},
+                **({"warning": refusal} if refusal else {}),
             }
         )
     if as_json:

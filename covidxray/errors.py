@@ -97,6 +97,13 @@ class UnsupportedModality(ApiError):
     status, code, message = 422, "unsupported_modality", "only CR/DX radiographs with pixel data are accepted"
 
 
+class NotChestRadiograph(ApiError):
+    """The gate found the image unlike a frontal chest radiograph (COVIDXRAY_OOD=refuse)."""
+
+    status, code = 422, "not_chest_radiograph"
+    message = "this image is not a frontal chest radiograph; send a frontal (PA or AP) chest X-ray"
+
+
 class RateLimited(ApiError):
     """429: too many requests for this token or client address."""
 

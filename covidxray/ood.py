@@ -10,8 +10,10 @@ kind (CT slice, lateral view) whose mean lies nearer than any frontal class's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,25 +97,65 @@ class Gate:
             )
 
 
-def fit(
-    train: np.ndarray,
-    labels: np.ndarray,
-    val: np.ndarray,
-    max_false_refusals: float = 0.005,
-    kinds: dict[str, np.ndarray] | None = None,
-) -> Gate:
-    """Fit the gate on training films' pooled features (n, d) and their labels; set the threshold so that
-    at most `max_false_refusals` of the val films' scores lie above it. `kinds` maps a known kind of
-    non-frontal input to examples of its pooled features (used only to name what an input looks like)."""
-    from sklearn.covariance import LedoitWolf
+class Guard:
+    """The gate as the service uses it: its mode, and (for backends whose forward pass yields no features,
+    such as AutoML) a runtime of our own model to compute them."""
 
-    classes = np.unique(labels)
-    means = np.stack([train[labels == c].mean(axis=0) for c in classes])
-    centred = train - means[np.searchsorted(classes, labels)]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    gate = Gate(means.astype(np.float32), precision.astype(np.float32), threshold=np.inf)
-    gate.threshold = float(np.quantile(gate.scores(val), 1.0 - max_false_refusals))
-    if kinds:
-        gate.kind_names = tuple(kinds)
-        gate.kind_means = np.stack([np.asarray(v).mean(axis=0) for v in kinds.values()]).astype(np.float32)
-    return gate
+    def __init__(self, gate: Gate, mode: str, runtime: Any = None):
+        self.gate, self.mode, self.runtime = gate, mode, runtime
+
+    @property
+    def needs_features(self) -> bool:
+        """True when the gate must run our model itself, before the backend is asked."""
+        return self.runtime is not None
+
+    def check(self, prepared: Any, pooled: np.ndarray | None = None) -> Verdict:
+        """Judge one `imaging.Prepared` image, from the classifier's pooled features when given (else our
+        model runs on it, at its own input size)."""
+        if pooled is None:
+            from .imaging import to_tensor
+
+            size = self.runtime.info.input_size
+            tensor = prepared.tensor if prepared.tensor.shape[0] == size else to_tensor(prepared.image, size)
+            _, features = self.runtime.run(tensor[None])
+            pooled = features[0].mean(axis=(0, 1))
+        return self.gate.judge(np.asarray(pooled, np.float32), prepared.warnings)
+
+
+def gate_path(model_path: Path) -> Path | None:
+    """The gate file that the model's metadata names, if any."""
+    meta = json.loads(model_path.with_suffix(".json").read_text())
+    entry = meta.get("ood")
+    return model_path.parent / entry["file"] if entry else None
+
+
+def open_guard(mode: str, model_path: Path, runtime: Any = None) -> Guard | None:
+    """The guard for `mode` over the model at `model_path` (None when off).
+
+    `runtime` runs the model for backends that do not; pass None when the predictor gives the features.
+    """
+    if mode == "off":
+        return None
+    path = gate_path(model_path)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"the model at {model_path} has no OOD gate; retrain it, or set COVIDXRAY_OOD=off"
+        )
+    return Guard(Gate.load(path), mode, runtime)
+
+
+def pooled_of_files(
+    runtime: Any, files: list[Path], batch_size: int = 16
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The pooled features of each file as the service computes them, and the decoder's notes."""
+    from .imaging import prepare
+
+    pooled, notes = [], []
+    for start in range(0, len(files), batch_size):
+        prepared = [
+            prepare(Path(f).read_bytes(), runtime.info.input_size) for f in files[start : start + batch_size]
+        ]
+        _, features = runtime.run(np.stack([p.tensor for p in prepared]))
+        pooled.append(features.mean(axis=(1, 2)))
+        notes += [p.warnings for p in prepared]
+    return np.concatenate(pooled), notes

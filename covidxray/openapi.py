@@ -17,7 +17,11 @@ _ERROR = {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string"},
+                "code": {
+                    "type": "string",
+                    "description": "stable error code, e.g. invalid_image (400), unsupported_type (415), "
+                    "unsupported_modality or not_chest_radiograph (422), backend_unavailable (503)",
+                },
                 "message": {"type": "string"},
                 "fields": {"type": "object"},
             },
@@ -60,6 +64,16 @@ _PREDICTION = {
             },
         },
         "clinical": {"type": "object"},
+        "ood_score": {
+            "type": "number",
+            "nullable": True,
+            "description": "the gate's score: higher is less like a frontal chest radiograph (null when off)",
+        },
+        "ood_threshold": {
+            "type": "number",
+            "nullable": True,
+            "description": "the score above which the gate refuses (COVIDXRAY_OOD=refuse) or warns",
+        },
         "heatmap_url": {"type": "string", "nullable": True},
         "warnings": {"type": "array", "items": {"type": "string"}},
         "latency_ms": {"type": "number"},

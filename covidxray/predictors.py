@@ -26,6 +26,7 @@ class Outcome:
     probabilities: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     heatmap: np.ndarray | None = None  # class activation map of the top class, (h, w), when asked
+    pooled: np.ndarray | None = None  # the pooled last feature maps (c,), for the OOD gate
 
 
 class Predictor(ABC):
@@ -35,6 +36,7 @@ class Predictor(ABC):
     model_name: str = ""
     model_version: str = ""
     input_size: int = 224
+    gives_features: bool = False  # whether `predict` fills Outcome.pooled (else the gate runs our model)
 
     @property
     @abstractmethod
@@ -63,6 +65,7 @@ class KerasPredictor(Predictor):
     """Our trained CNN, run by its exported twin (onnxruntime) or by Keras itself."""
 
     backend = "keras"
+    gives_features = True
 
     def __init__(self, model_path: Path | None = None, runtime: str | None = None, threads: int = 1):
         self.model_path = model_path
@@ -106,7 +109,10 @@ class KerasPredictor(Predictor):
 
         logits, features = self.logits(image.tensor[None])
         probs = softmax(logits, self._runtime.info.temperature)[0]
-        outcome = Outcome(probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)})
+        outcome = Outcome(
+            probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)},
+            pooled=features[0].mean(axis=(0, 1)),
+        )
         if explain:
             kernel, _ = self._runtime.output_weights
             outcome.heatmap = class_activation_map(features[0], kernel, int(np.argmax(probs)))

@@ -51,6 +51,8 @@ class PredictionRecord:
     clinical: dict[str, Any] = field(default_factory=dict)
     dicom: dict[str, Any] = field(default_factory=dict)  # modality, view_position, bits_stored
     heatmap_uri: str | None = None
+    ood_score: float | None = None  # the gate's score (higher: less like a frontal chest film)
+    ood_threshold: float | None = None  # the gate's threshold when it judged
 
 
 class RequestLog(ABC):
@@ -117,6 +119,10 @@ _MIGRATIONS: list[str] = [
     """,
     """
     CREATE TABLE audit (at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
+    """,
+    """
+    ALTER TABLE predictions ADD COLUMN ood_score REAL;
+    ALTER TABLE predictions ADD COLUMN ood_threshold REAL;
     """,
 ]
 DICOM_FIELDS = ("modality", "view_position", "bits_stored")

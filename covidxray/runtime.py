@@ -153,9 +153,14 @@ def _onnx_output_weights(path: Path, n_classes: int) -> tuple[np.ndarray, np.nda
 
 
 def run_files(
-    runtime: OnnxRuntime | KerasRuntime, files: list[Path], batch_size: int = 16, progress: bool = False
-) -> tuple[np.ndarray, list[str | None]]:
-    """Prepare and run `files`; return logits (n, 3) (NaN rows for unusable files) and per-file errors."""
+    runtime: OnnxRuntime | KerasRuntime,
+    files: list[Path],
+    batch_size: int = 16,
+    progress: bool = False,
+    gate: Any = None,
+) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+    """Prepare and run `files`; return logits (n, 3) (NaN rows for unusable files), per-file errors, and
+    per-file messages of the OOD `gate` (an `ood.Guard`, if given) for the files it does not pass."""
     from tqdm import tqdm
 
     from .errors import ApiError
@@ -164,16 +169,21 @@ def run_files(
     size = runtime.info.input_size
     logits = np.full((len(files), len(runtime.info.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(files)
+    refusals: list[str | None] = [None] * len(files)
     with tqdm(total=len(files), disable=not progress, unit="image") as bar:
         for start in range(0, len(files), batch_size):
             chunk, rows = [], []
             for i in range(start, min(start + batch_size, len(files))):
                 try:
-                    chunk.append(prepare(Path(files[i]).read_bytes(), size).tensor)
+                    chunk.append(prepare(Path(files[i]).read_bytes(), size))
                     rows.append(i)
                 except (ApiError, OSError) as exc:
                     errors[i] = str(exc)
             if chunk:
-                logits[rows] = runtime.run(np.stack(chunk))[0]
+                logits[rows], features = runtime.run(np.stack([p.tensor for p in chunk]))
+                for row, prepared, maps in zip(rows, chunk, features, strict=True):
+                    verdict = gate and gate.check(prepared, maps.mean(axis=(0, 1)))
+                    if verdict and not verdict.passed:
+                        refusals[row] = verdict.message()
             bar.update(min(batch_size, len(files) - start))
-    return logits, errors
+    return logits, errors, refusals

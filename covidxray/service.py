@@ -10,12 +10,13 @@ from typing import Any
 
 from uuid6 import uuid7
 
-from .errors import BackendUnavailable, NotFound
+from .errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
 from .heatmap import overlay_png
 from .imaging import prepare
 from .labels import LABELS, UNCERTAIN
 from .metrics import PREDICTIONS
-from .predictors import Predictor
+from .ood import Guard
+from .predictors import Outcome, Predictor
 from .requestlog import PredictionRecord, RequestLog
 from .settings import Settings
 from .storage import ImageStore
@@ -34,6 +35,7 @@ class Services:
     predictor: Predictor
     images: ImageStore
     log: RequestLog
+    guard: Guard | None = None  # the gate for non-frontal inputs (None: COVIDXRAY_OOD=off)
 
 
 def current_services() -> Services:
@@ -52,19 +54,30 @@ def predict_upload(
 ) -> PredictionRecord:
     """Check, predict, store and log one upload; return its record.
 
-    Rejected input raises before anything is stored. A backend failure keeps the image
-    and a record with status `backend_unavailable`, then raises with the request id.
+    Undecodable input raises before anything is stored. An image that the gate refuses, and a
+    backend failure, keep the image and a record (status `refused` or `backend_unavailable`),
+    then raise with the request id.
     """
     started = time.perf_counter()
-    predictor = services.predictor
+    predictor, guard = services.predictor, services.guard
     prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
     request_id = str(uuid7())
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    try:
-        outcome = predictor.predict(prepared, data, explain=explain)
-        status, error = "ok", None
-    except BackendUnavailable as exc:
-        outcome, status, error = None, exc.code, exc
+    verdict = guard.check(prepared) if guard and guard.needs_features else None
+    outcome: Outcome | None = None
+    status: str = "ok"
+    error: ApiError | None = None
+    if verdict is None or verdict.passed or guard is None or guard.mode == "warn":
+        try:
+            outcome = predictor.predict(prepared, data, explain=explain)
+        except BackendUnavailable as exc:
+            status, error = exc.code, exc
+    if guard is not None and verdict is None and outcome is not None:
+        verdict = guard.check(prepared, outcome.pooled)
+    refused = verdict is not None and not verdict.passed and guard is not None and guard.mode == "refuse"
+    if refused:
+        assert verdict is not None
+        outcome, status, error = None, "refused", NotChestRadiograph(verdict.message())
     kept = prepared.stored if prepared.stored is not None else data  # DICOM: the de-identified copy
     stored = services.images.put(
         kept, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
@@ -88,11 +101,17 @@ def predict_upload(
         clinical=clinical,
         dicom=prepared.dicom,
     )
+    if verdict is not None:
+        record.ood_score, record.ood_threshold = round(verdict.score, 4), round(verdict.threshold, 4)
+        if not verdict.passed:
+            record.warnings.append(verdict.message())
     if outcome is not None:
         record.probabilities = outcome.probabilities
         record.predicted_class, record.score = decide(
             outcome.probabilities, services.settings.uncertain_below
         )
+        if verdict is not None and not verdict.passed:  # warn: scored, but not called a finding
+            record.predicted_class = UNCERTAIN
         PREDICTIONS.labels(backend=predictor.backend, predicted_class=record.predicted_class).inc()
         if outcome.heatmap is not None:
             png = overlay_png(prepared.image, outcome.heatmap, (prepared.width, prepared.height))
@@ -150,6 +169,8 @@ def to_response(record: PredictionRecord, heatmap_url: str | None = None) -> dic
             "format": record.format,
         },
         "clinical": record.clinical,
+        "ood_score": record.ood_score,
+        "ood_threshold": record.ood_threshold,
         "heatmap_url": heatmap_url,
         "warnings": record.warnings,
         "latency_ms": record.latency_ms,

@@ -68,6 +68,7 @@ class Settings:
     outbox: Path | None = None
     retention_days: int | None = None
     uncertain_below: float = 0.6
+    ood: str = "refuse"  # the gate: refuse | warn | off
     max_upload_mb: int = 20
     max_pixels: int = 50_000_000
     max_batch: int = 16
@@ -114,6 +115,7 @@ class Settings:
             outbox=Path(outbox) if outbox else data_dir / "outbox.sqlite3",
             retention_days=int(retention) if retention else None,
             uncertain_below=_float("COVIDXRAY_UNCERTAIN_BELOW", 0.6),
+            ood=(_env("COVIDXRAY_OOD", "refuse") or "refuse").lower(),
             max_upload_mb=_int("COVIDXRAY_MAX_UPLOAD_MB", 20),
             max_pixels=_int("COVIDXRAY_MAX_PIXELS", 50_000_000),
             max_batch=_int("COVIDXRAY_MAX_BATCH", 16),
@@ -129,6 +131,8 @@ class Settings:
 
     def validated(self) -> Settings:
         """Fill development secrets, or refuse production without strong ones."""
+        if self.ood not in ("refuse", "warn", "off"):
+            raise ConfigError(f"COVIDXRAY_OOD must be refuse, warn or off, got {self.ood!r}")
         if self.production:
             missing = self._weak_production_secrets()
             if missing:

@@ -42,7 +42,7 @@ class TrainConfig:
     head_epochs: int = 60  # output-layer warm-up on frozen features (pretrained only)
     batch_size: int = 16
     learning_rate: float = 1e-3  # the head's (the whole network's for scratch)
-    backbone_learning_rate: float = 2e-4  # pretrained only
+    backbone_learning_rate: float = 2e-5  # pretrained only
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     dropout: float = 0.2
@@ -262,7 +262,9 @@ def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # 
     return model, val_logits, y_val, histories, films, x_train[np.sort(pick)].astype(np.float32) / 255.0
 
 
-def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int = 1) -> dict:
+def train(
+    data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int = 1, ood_dir: Path | None = None
+) -> dict:
     """Train, calibrate on val, write FILE.keras, FILE.onnx, FILE.int8.onnx and FILE.json; return the meta."""
     data_dir, out = Path(data_dir), Path(out)
     started = time.monotonic()
@@ -294,7 +296,10 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, verbose: int 
         },
     }
     meta = save_model(model, out, meta, probe=x_val[:12])
-    return add_int8_twin(out, meta, calib, x_val, y_val)
+    meta = add_int8_twin(out, meta, calib, x_val, y_val)
+    from .gatefit import build_gate
+
+    return {**meta, "ood": build_gate(out, data_dir, ood_dir)}
 
 
 def member_summary(seed: int, history: dict) -> dict:
@@ -331,6 +336,24 @@ def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) ->
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("wrote %s, %s and %s", out, onnx_path, out.with_suffix(".json"))
     return meta
+
+
+def int8_twin_for(model_path: Path, data_dir: Path) -> dict:
+    """Give an existing model (FILE.keras with FILE.onnx and FILE.json) its int8 twin; return its entry."""
+    meta = json.loads(model_path.with_suffix(".json").read_text())
+    meta.setdefault("serve", "onnx-float")
+    float_entry = {"file": model_path.with_suffix(".onnx").name}
+    if "onnx_max_abs_diff" in meta:
+        float_entry["max_abs_diff_vs_keras"] = meta["onnx_max_abs_diff"]
+    meta["twins"] = {"onnx-float": float_entry, **meta.get("twins", {})}
+    size = int(meta["input_size"])
+    train_files, _ = list_images(data_dir / "train")
+    val_files, y_val = list_images(data_dir / "val")
+    seed = int(meta.get("training", {}).get("config", {}).get("seed", 0))
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train_files))[:128])
+    calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
+    x_val = load_arrays(val_files, size).astype(np.float32) / 255.0
+    return add_int8_twin(model_path, meta, calib, x_val, y_val)["twins"]["onnx-int8"]
 
 
 def add_int8_twin(out: Path, meta: dict, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> dict:

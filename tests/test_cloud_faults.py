@@ -106,6 +106,7 @@ def cloud_app(cloud: Cloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ob, "BASE_DELAY", 0.05)
     monkeypatch.setattr(ob, "MAX_DELAY", 0.5)
     settings = Settings(
+        ood="off",  # generated pictures; the gate is tests/test_ood.py's
         data_dir=tmp_path,
         jwt_keys={"": "test-secret-" + "x" * 32},
         secret_key="test-session-key-" + "y" * 32,

@@ -169,7 +169,10 @@ def test_evaluate_command_prints_the_contract_keys(tmp_model: Path, tiny_folder:
     assert table.exit_code == 0 and "confusion matrix" in table.output
 
 
-def test_predict_command_writes_json_and_csv(tmp_model: Path, tiny_folder: Path, tmp_path: Path) -> None:
+def test_predict_command_writes_json_and_csv(
+    tmp_model: Path, tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COVIDXRAY_OOD", "off")  # the small model has no gate
     out = CliRunner().invoke(
         main, ["predict", str(tiny_folder / "test"), "--model", str(tmp_model), "--json"]
     )

@@ -228,6 +228,7 @@ def test_key_rotation_through_the_environment_keeps_old_tokens_until_their_key_i
     def service(keys: str) -> tuple[Any, Settings]:
         monkeypatch.setenv("COVIDXRAY_JWT_KEYS", keys)
         settings = Settings.from_env(
+            ood="off",  # generated pictures; the gate is tests/test_ood.py's
             data_dir=tmp_path,
             secret_key="s" * 40,
             image_store=f"file://{tmp_path / 'uploads'}",

@@ -37,7 +37,7 @@ from covidxray import create_app
 from covidxray.auth import issue_token
 from covidxray.settings import Settings
 
-settings = Settings.from_env(data_dir=sys.argv[1], jwt_keys={"": "k" * 40}, secret_key="s" * 40,
+settings = Settings.from_env(data_dir=sys.argv[1], jwt_keys={"": "k" * 40}, secret_key="s" * 40, ood="off",
                              image_store="file://" + sys.argv[1] + "/uploads",
                              request_log="sqlite:///" + sys.argv[1] + "/requests.sqlite3")
 app = create_app(backend="keras", settings=settings)

@@ -17,10 +17,42 @@ SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
 
 
 def test_shipped_files_exist_and_fit_the_budget() -> None:
-    for suffix in (".keras", ".onnx", ".json"):
+    for suffix in (".keras", ".onnx", ".int8.onnx", ".ood.npz", ".json"):
         assert DEFAULT_MODEL.with_suffix(suffix).is_file()
     assert DEFAULT_MODEL.stat().st_size <= 20 * 1024 * 1024
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.parent.iterdir()) <= 50 * 1024 * 1024
     assert (DEFAULT_MODEL.parent / "MODEL_CARD.md").is_file()
+
+
+def test_the_metadata_lists_both_twins_with_their_measured_agreement() -> None:
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert meta["serve"] in meta["twins"]
+    assert max(meta["twins"]["onnx-float"]["max_abs_diff_vs_keras"].values()) <= 1e-4
+    int8 = meta["twins"]["onnx-int8"]["val"]
+    assert int8["n"] == meta["val"]["n"] and int8["top1_agreement"] >= 0.99
+
+
+def test_the_int8_twin_agrees_with_the_float_twin_on_the_samples() -> None:
+    float_rt, int8_rt = load_runtime(DEFAULT_MODEL, "onnx-float"), load_runtime(DEFAULT_MODEL, "onnx-int8")
+    batch = np.stack([prepare(p.read_bytes(), float_rt.info.input_size).tensor for p in SAMPLES])
+    p_float = softmax(float_rt.run(batch)[0], float_rt.info.temperature)
+    p_int8 = softmax(int8_rt.run(batch)[0], int8_rt.info.temperature)
+    assert (p_float.argmax(axis=1) == p_int8.argmax(axis=1)).all()
+    assert np.abs(p_float - p_int8).max() <= 0.1
+
+
+def test_the_heatmap_stays_exact_and_matches_keras() -> None:
+    from covidxray.heatmap import class_activation_map
+
+    onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL), load_runtime(DEFAULT_MODEL, "keras")
+    batch = np.stack([prepare(SAMPLES[0].read_bytes(), onnx_rt.info.input_size).tensor])
+    (logits, features), (_, keras_features) = onnx_rt.run(batch), keras_rt.run(batch)
+    kernel, bias = onnx_rt.output_weights
+    for c in range(len(LABELS)):
+        ours = class_activation_map(features[0], kernel, c)
+        theirs = class_activation_map(keras_features[0], keras_rt.output_weights[0], c)
+        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+        assert ours.mean() + bias[c] == pytest.approx(float(logits[0, c]), abs=1e-3)  # exact: GAP into Dense
 
 
 def test_metadata_matches_the_code() -> None:

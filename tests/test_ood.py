@@ -1,0 +1,251 @@
+"""The gate for inputs that are not frontal chest radiographs: what each kind of input gets."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from covidxray import create_app
+from covidxray.cli import main
+from covidxray.gatefit import fit
+from covidxray.labels import LABELS, UNCERTAIN
+from covidxray.ood import Gate, open_guard
+from covidxray.requestlog import SqliteRequestLog
+from covidxray.runtime import DEFAULT_MODEL
+from covidxray.settings import ConfigError, Settings
+
+SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
+OOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood"  # never copied into the repository
+needs_ood = pytest.mark.skipif(not OOD.is_dir(), reason=f"the non-frontal examples are not at {OOD}")
+
+
+def jpeg(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+# One CT slice and one lateral film that the shipped gate catches: it catches 26 of the 43 CT slices
+# and 5 of the 24 lateral films of OOD (the model card's gate section); these tests say what a caught
+# input gets, not how many are caught.
+def ct_slice() -> bytes:
+    return (OOD / "ct" / "ct_19_791143a874.jpg").read_bytes()
+
+
+def lateral_film() -> bytes:
+    return (OOD / "lateral" / "lateral_13_55e352c954.jpeg").read_bytes()
+
+
+def colour_photo() -> bytes:
+    from sklearn.datasets import load_sample_image
+
+    return jpeg(Image.fromarray(load_sample_image("china.jpg")))
+
+
+def grey_photo() -> bytes:
+    from sklearn.datasets import load_sample_image
+
+    return jpeg(Image.fromarray(load_sample_image("flower.jpg")).convert("L"))
+
+
+def generated() -> dict[str, bytes]:
+    """Pictures that are plainly not radiographs: noise, a gradient, a page of text."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8))
+    gradient = Image.fromarray(np.tile(np.linspace(0, 255, 512, dtype=np.uint8), (512, 1)))
+    page = Image.new("L", (600, 800), 255)
+    draw = ImageDraw.Draw(page)
+    for line in range(30):
+        draw.text((40, 30 + 25 * line), "Discharge summary: patient stable, follow-up in two weeks.", fill=0)
+    return {"noise": jpeg(noise), "gradient": jpeg(gradient), "text": jpeg(page)}
+
+
+def post(client, auth, data: bytes | list[bytes]):
+    images = data if isinstance(data, list) else [data]
+    files = [(io.BytesIO(d), f"x{i}.jpg") for i, d in enumerate(images)]
+    return client.post("/api/v1/predict", headers=auth, data={"image": files})
+
+
+@pytest.fixture
+def client_for(settings: Settings, predictor):  # noqa: ANN001, ANN201
+    """A test client of the Keras service under a given COVIDXRAY_OOD mode."""
+
+    def make(mode: str):  # noqa: ANN202
+        return create_app(
+            backend="keras", settings=replace(settings, ood=mode), predictor=predictor
+        ).test_client()
+
+    return make
+
+
+def test_the_shipped_model_carries_its_gate() -> None:
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    entry = meta["ood"]
+    assert (DEFAULT_MODEL.parent / entry["file"]).is_file()
+    assert entry["threshold"] > 0 and entry["val_false_refusals"] <= 0.01
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_frontal_films_pass_and_carry_their_score(client_for, auth, sample: Path) -> None:
+    body = post(client_for("refuse"), auth, sample.read_bytes()).get_json()
+    assert body["predicted_class"] in (*LABELS, UNCERTAIN), body
+    assert 0 <= body["ood_score"] <= body["ood_threshold"]
+
+
+@needs_ood
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (ct_slice, "CT slice"),
+        (lateral_film, "lateral"),
+        (colour_photo, "colour photograph"),
+        (grey_photo, ""),
+    ],
+    ids=["ct", "lateral", "colour-photo", "grey-photo"],
+)
+def test_non_frontal_inputs_are_refused_with_422_under_refuse(client_for, auth, make, words: str) -> None:
+    response = post(client_for("refuse"), auth, make())
+    body = response.get_json()
+    assert response.status_code == 422, body
+    assert body["error"]["code"] == "not_chest_radiograph"
+    assert "not a frontal chest radiograph" in body["error"]["message"] and words in body["error"]["message"]
+    assert "frontal (PA or AP) chest X-ray" in body["error"]["message"]  # what to send instead
+
+
+@needs_ood
+@pytest.mark.parametrize("make", [ct_slice, lateral_film, colour_photo, grey_photo])
+def test_under_warn_they_are_scored_but_called_uncertain(client_for, auth, make) -> None:
+    response = post(client_for("warn"), auth, make())
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["predicted_class"] == UNCERTAIN and set(body["probabilities"]) == set(LABELS)
+    assert any("not a frontal chest radiograph" in w for w in body["warnings"])
+    assert body["ood_score"] > body["ood_threshold"] or "colour photograph" in " ".join(body["warnings"])
+
+
+@needs_ood
+def test_under_off_they_are_scored_as_before(client_for, auth) -> None:
+    body = post(client_for("off"), auth, ct_slice()).get_json()
+    assert body["status"] == "ok" and body["ood_score"] is None and body["ood_threshold"] is None
+    assert not any("frontal" in w for w in body["warnings"])
+
+
+@needs_ood
+def test_a_batch_with_one_ct_slice_scores_the_others_in_order(client_for, auth) -> None:
+    films = [s.read_bytes() for s in SAMPLES[:3]]
+    response = post(client_for("refuse"), auth, [films[0], films[1], ct_slice(), films[2]])
+    results = response.get_json()["results"]
+    assert response.status_code == 200 and len(results) == 4
+    assert [r.get("error", {}).get("code") for r in results] == [None, None, "not_chest_radiograph", None]
+    assert all(r["predicted_class"] in (*LABELS, UNCERTAIN) for i, r in enumerate(results) if i != 2)
+
+
+@needs_ood
+def test_a_refused_upload_is_stored_and_logged_with_its_reason(client_for, auth, tmp_path: Path) -> None:
+    data = ct_slice()
+    body = post(client_for("refuse"), auth, data).get_json()
+    record = SqliteRequestLog(tmp_path / "requests.sqlite3").get(body["id"])
+    assert record is not None and record.status == "refused" and record.probabilities is None
+    assert record.warnings == [body["error"]["message"]] and record.ood_score > record.ood_threshold
+    stored = [p for p in (tmp_path / "uploads").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in stored] == [data]
+
+
+@needs_ood
+def test_the_browser_form_says_it_in_words(client_for) -> None:
+    from tests.test_web import submit
+
+    response = submit(client_for("refuse"), ct_slice())
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422 and "not a frontal chest radiograph" in page
+    assert "Traceback" not in page
+
+
+@pytest.mark.parametrize("name", ["noise", "gradient", "text"])
+def test_generated_non_radiographs_are_refused(client_for, auth, name: str) -> None:
+    response = post(client_for("refuse"), auth, generated()[name])
+    assert response.status_code == 422 and response.get_json()["error"]["code"] == "not_chest_radiograph"
+
+
+def test_an_unknown_mode_is_a_configuration_error(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="COVIDXRAY_OOD"):
+        replace(settings, ood="maybe").validated()
+
+
+def test_a_model_without_a_gate_is_refused_unless_the_gate_is_off(tmp_path: Path) -> None:
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    meta.pop("ood")
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="COVIDXRAY_OOD=off"):
+        open_guard("refuse", tmp_path / "m.keras")
+    assert open_guard("off", tmp_path / "m.keras") is None
+
+
+def test_the_threshold_lets_through_all_but_the_stated_share_of_val(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(600, 16)).astype(np.float32)
+    labels = np.repeat([0, 1, 2], 200)
+    train[labels == 1] += 3.0
+    val = rng.normal(size=(400, 16)).astype(np.float32)
+    gate = fit(train, labels, val, max_false_refusals=0.01, kinds={"ct": rng.normal(8.0, 1.0, (20, 16))})
+    assert np.mean(gate.scores(val) > gate.threshold) <= 0.01
+    far = gate.judge(np.full(16, 8.0, np.float32))
+    assert not far.passed and far.looks_like == "ct" and "CT slice" in far.message()
+    gate.save(tmp_path / "g.npz")
+    again = Gate.load(tmp_path / "g.npz")
+    np.testing.assert_allclose(again.scores(val), gate.scores(val), rtol=1e-6)
+    assert again.kind_names == ("ct",) and again.threshold == pytest.approx(gate.threshold)
+
+
+@needs_ood
+def test_predict_refuses_or_flags_a_ct_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ct.jpg").write_bytes(ct_slice())
+    (tmp_path / "film.jpg").write_bytes(SAMPLES[0].read_bytes())
+    monkeypatch.setenv("COVIDXRAY_OOD", "refuse")
+    rows = json.loads(CliRunner().invoke(main, ["predict", str(tmp_path), "--json"]).stdout)
+    assert "not a frontal chest radiograph" in rows[0]["error"] and rows[1]["predicted_class"] in LABELS
+    monkeypatch.setenv("COVIDXRAY_OOD", "warn")
+    rows = json.loads(CliRunner().invoke(main, ["predict", str(tmp_path), "--json"]).stdout)
+    assert rows[0]["predicted_class"] == UNCERTAIN and "frontal" in rows[0]["warning"]
+
+
+@needs_ood
+def test_evaluate_reports_the_gate_per_kind(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for sample in SAMPLES:
+        (data / sample.name.split("-")[0]).mkdir(parents=True, exist_ok=True)
+        (data / sample.name.split("-")[0] / sample.name).write_bytes(sample.read_bytes())
+    args = ["evaluate", "--data", str(data), "--ood", str(OOD), "--json", "--report", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    gate = json.loads(result.stdout)["ood"]
+    assert gate["frontal"] == {"n": len(SAMPLES), "refused": 0, "rate": 0.0}
+    assert set(gate["kinds"]) == {"ct", "lateral"} and all(
+        k["caught"] <= k["n"] for k in gate["kinds"].values()
+    )
+    assert (tmp_path / "r" / "ood_histogram.png").stat().st_size > 1000
+
+
+@needs_ood
+def test_the_automl_service_runs_the_gate_itself_and_never_sends_a_refused_film(settings, auth) -> None:
+    from covidxray.automl_emulator import serve
+    from tests.test_automl import automl_client, calls, post as automl_post
+
+    standin = serve(port=0)
+    try:
+        client = automl_client(replace(settings, ood="refuse"), standin)
+        refused = automl_post(client, auth, ct_slice())
+        assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "not_chest_radiograph"
+        assert calls(standin) == 0
+        scored = automl_post(client, auth, SAMPLES[0].read_bytes()).get_json()
+        assert scored["backend"] == "automl" and scored["ood_score"] <= scored["ood_threshold"]
+        assert calls(standin) == 1
+    finally:
+        standin.stop()
