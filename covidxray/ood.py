@@ -54,7 +54,7 @@ class Gate:
     def distances(self, pooled: np.ndarray, centres: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of `pooled` (n, d) to each centre (k, d): (n, k)."""
         diff = pooled[:, None, :].astype(np.float32) - centres[None, :, :]
-        squared = np.einsum("nkd,de,nke->nk", diff, self.precision, diff, optimize=True)
+        squared = ((diff @ self.precision) * diff).sum(axis=-1)
         return np.sqrt(np.maximum(squared, 0.0) / pooled.shape[1])
 
     def scores(self, pooled: np.ndarray) -> np.ndarray:
