@@ -55,9 +55,9 @@ COPY app-${SERVICE}/ /app/app-${SERVICE}/
 # Compile once as root (the app user cannot write here); refuse an image whose code cannot import
 # or whose model does not load.
 RUN python -m compileall -q /app \
- && python -c 'import covidxray.app, covidxray.cli' \
+ && python -c 'import covidxray.web.app, covidxray.cli' \
  && if [ "$SERVICE" = keras ]; then \
-      python -c 'from covidxray.predictors import KerasPredictor; KerasPredictor().load()'; \
+      python -c 'from covidxray.predictors.keras import KerasPredictor; KerasPredictor().load()'; \
     fi
 WORKDIR /app/app-${SERVICE}
 USER 10001:10001

@@ -36,7 +36,7 @@ STANDIN ?= 127.0.0.1:8091
 run-automl: install
 	@$(BIN)/covidxray automl-emulator --host $(word 1,$(subst :, ,$(STANDIN))) --port $(word 2,$(subst :, ,$(STANDIN))) & \
 	standin=$$!; trap 'kill $$standin 2>/dev/null' EXIT; \
-	until $(BIN)/python -c 'import sys; from covidxray.automl_emulator import control; control(sys.argv[1], timeout=0.5)' $(STANDIN) 2>/dev/null; do \
+	until $(BIN)/python -c 'import sys; from covidxray.automl_standin.emulator import control; control(sys.argv[1], timeout=0.5)' $(STANDIN) 2>/dev/null; do \
 	  kill -0 $$standin 2>/dev/null || { echo "the AutoML stand-in did not start" >&2; exit 1; }; sleep 0.2; \
 	done; \
 	cd app-automl && HOST=127.0.0.1 PORT=$(AUTOML_PORT) COVIDXRAY_AUTOML_API_ENDPOINT=$(STANDIN) \

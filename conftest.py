@@ -12,10 +12,10 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from covidxray import create_app
-from covidxray.auth import issue_token
-from covidxray.predictors import KerasPredictor
-from covidxray.requestlog import SqliteRequestLog
+from covidxray.backends.requestlog import SqliteRequestLog
+from covidxray.predictors.keras import KerasPredictor
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 SAMPLES = Path(__file__).parent / "tests" / "samples"
 

@@ -43,8 +43,8 @@ def api_token() -> str:
     """$COVIDXRAY_TOKEN, or a token signed with the configured key for subject `locust`."""
     if os.environ.get("COVIDXRAY_TOKEN"):
         return os.environ["COVIDXRAY_TOKEN"]
-    from covidxray.auth import issue_token
     from covidxray.settings import Settings
+    from covidxray.web.auth import issue_token
 
     return issue_token(Settings.from_env().validated(), "locust", ttl=TOKEN_TTL)
 

@@ -15,7 +15,7 @@ PROCESSES = 2  # one per core, each with a single-threaded onnxruntime session, 
 
 
 def _loaded(model: Path) -> Any:
-    from covidxray.predictors import KerasPredictor
+    from covidxray.predictors.keras import KerasPredictor
 
     predictor = KerasPredictor(model)
     predictor.load()
@@ -24,7 +24,7 @@ def _loaded(model: Path) -> Any:
 
 def _worker(model: Path, data: bytes, seconds: float, go: Any, results: Any) -> None:
     """Load the model, say so, wait for the others, then prepare + predict `data` for `seconds`."""
-    from covidxray.imaging import prepare
+    from covidxray.imaging.prepare import prepare
 
     try:
         predictor = _loaded(model)
@@ -81,7 +81,7 @@ def compute_limit(image: BenchImage, model: Path, seconds: float) -> float:
 
 def stage_times(image: BenchImage, model: Path, repeats: int) -> dict[str, float]:
     """Median milliseconds of `prepare` and of inference + softmax for one image, in this process."""
-    from covidxray.imaging import prepare
+    from covidxray.imaging.prepare import prepare
 
     predictor = _loaded(model)
     prep, infer = [], []

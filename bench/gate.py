@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.ood import open_guard
-from covidxray.predictors import KerasPredictor
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.predictors.gate import open_guard
+from covidxray.predictors.keras import KerasPredictor
+from covidxray.predictors.runtime import DEFAULT_MODEL
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "samples"
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
-    from covidxray.imaging import prepare
+    from covidxray.imaging.prepare import prepare
 
     predictor = KerasPredictor(args.model)
     predictor.load()

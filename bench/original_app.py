@@ -16,10 +16,10 @@ import jwt
 import keras  # the original imported TensorFlow/Keras in every worker
 from flask import Flask, jsonify, request
 
-from covidxray.calibration import softmax
-from covidxray.imaging import prepare
+from covidxray.imaging.prepare import prepare
 from covidxray.labels import LABELS
-from covidxray.runtime import DEFAULT_MODEL, ModelInfo
+from covidxray.predictors.calibration import softmax
+from covidxray.predictors.runtime import DEFAULT_MODEL, ModelInfo
 
 MODEL = Path(os.environ.get("COVIDXRAY_MODEL") or DEFAULT_MODEL)
 SECRET = os.environ.get("COVIDXRAY_JWT_SECRET", "")

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from covidxray.auth import issue_token
-from covidxray.runtime import DEFAULT_MODEL, ModelInfo
+from covidxray.predictors.runtime import DEFAULT_MODEL, ModelInfo
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 from .clients import Load, run_python, run_wrk, wrk_path
 from .compute import PROCESSES, compute_limit, stage_times

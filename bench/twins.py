@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.predictors.runtime import DEFAULT_MODEL
 
 from .machine import describe
 

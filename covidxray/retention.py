@@ -6,8 +6,8 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
-from .requestlog import HistoryQuery
-from .service import Services, erase
+from covidxray.backends.requestlog import HistoryQuery
+from covidxray.service import Services, erase
 
 log = logging.getLogger(__name__)
 

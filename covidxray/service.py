@@ -8,18 +8,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Counter
 from uuid6 import uuid7
 
-from .errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
-from .heatmap import overlay_png
-from .imaging import prepare
-from .labels import LABELS, UNCERTAIN
-from .metrics import PREDICTIONS
-from .ood import Guard
-from .predictors import Outcome, Predictor
-from .requestlog import PredictionRecord, RequestLog
-from .settings import Settings
-from .storage import ImageStore
+from covidxray.backends.requestlog import PredictionRecord, RequestLog
+from covidxray.backends.storage import ImageStore
+from covidxray.errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
+from covidxray.imaging.heatmap import overlay_png
+from covidxray.imaging.prepare import prepare
+from covidxray.labels import LABELS, UNCERTAIN
+from covidxray.predictors.base import Outcome, Predictor
+from covidxray.predictors.gate import Guard
+from covidxray.settings import Settings
+
+PREDICTIONS = Counter("covidxray_predictions_total", "Predictions by class", ["backend", "predicted_class"])
 
 log = logging.getLogger(__name__)
 

@@ -61,9 +61,9 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from covidxray.auth import issue_token
     from covidxray.local_gunicorn import free_port, gunicorn_process, wait_ready
     from covidxray.settings import Settings
+    from covidxray.web.auth import issue_token
 
     data_dir = Path(tempfile.mkdtemp(prefix="covidxray-soak-"))
     secret = secrets.token_urlsafe(48)

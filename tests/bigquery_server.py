@@ -1,4 +1,4 @@
-"""A local stand-in for BigQuery's REST API (the subset covidxray.bigquery uses), backed by SQLite.
+"""A local stand-in for BigQuery's REST API (the subset covidxray.backends.bigquery uses), backed by SQLite.
 
 It speaks the official client's wire protocol: datasets insert/get, tables insert/get/patch,
 tabledata insertAll (insertId de-duplication) and list, jobs insert/get/query and getQueryResults.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from PIL import Image
 from uuid6 import uuid7
 
-from covidxray.requestlog import PredictionRecord
+from covidxray.backends.requestlog import PredictionRecord
 
 
 def image_bytes(size: tuple[int, int], fmt: str = "PNG", mode: str = "L", **save: object) -> bytes:

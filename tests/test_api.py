@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from covidxray.auth import issue_token
 from covidxray.labels import LABELS
+from covidxray.web.auth import issue_token
 
 from .helpers import animated_gif, image_bytes
 

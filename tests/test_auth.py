@@ -10,9 +10,9 @@ from dataclasses import replace
 import jwt
 import pytest
 
-from covidxray.auth import issue_token, verify_token
 from covidxray.errors import Unauthorized
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token, verify_token
 
 SECRET = "k" * 40
 

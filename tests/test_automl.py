@@ -21,15 +21,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from covidxray import create_app
-from covidxray.auth import issue_token
-from covidxray.automl import MAX_CONTENT_BYTES, AutoMLPredictor, content_for, predict_files
-from covidxray.automl_breaker import CircuitBreaker
-from covidxray.automl_emulator import control, serve
-from covidxray.automl_protocol import Resource, is_loopback
-from covidxray.automl_standin import DISPLAY_NAMES
-from covidxray.imaging import prepare
+from covidxray.automl_standin.emulator import control, serve
+from covidxray.automl_standin.server import DISPLAY_NAMES
+from covidxray.imaging.prepare import prepare
 from covidxray.labels import LABELS
+from covidxray.predictors.automl import MAX_CONTENT_BYTES, AutoMLPredictor, content_for, predict_files
+from covidxray.predictors.automl_breaker import CircuitBreaker
+from covidxray.predictors.automl_wire import Resource, is_loopback
 from covidxray.settings import ConfigError, Settings
+from covidxray.web.auth import issue_token
 
 from .servers import ROOT, gunicorn
 
@@ -339,11 +339,11 @@ def test_service_never_imports_tensorflow(tmp_path, sample_jpeg):
     script = textwrap.dedent(
         """
         import io, os, runpy, sys
-        from covidxray.automl_emulator import serve
+        from covidxray.automl_standin.emulator import serve
         standin = serve(port=0)
         os.environ["COVIDXRAY_AUTOML_API_ENDPOINT"] = standin.address
         app = runpy.run_path("app-automl/wsgi.py")["app"]
-        from covidxray.auth import issue_token
+        from covidxray.web.auth import issue_token
         from covidxray.settings import Settings
         token = issue_token(Settings.from_env().validated(), "alice")
         data = open(sys.argv[1], "rb").read()

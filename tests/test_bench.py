@@ -15,7 +15,7 @@ import pytest
 
 from bench.clients import BOUNDARY, multipart, run_wrk
 from bench.images import bench_images
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,11 +14,12 @@ from google.api_core.retry import Retry
 from google.cloud import bigquery
 from uuid6 import uuid7
 
-import covidxray.bigquery
-from covidxray.bigquery import BigQueryRequestLog, id_window, init_bigquery, make_client
-from covidxray.bigquery_schema import SCHEMA
+import covidxray.backends.bigquery
+from covidxray.backends.bigquery import BigQueryRequestLog, id_window, init_bigquery, make_client
+from covidxray.backends.bigquery_schema import SCHEMA
+from covidxray.backends.registry import open_request_log
+from covidxray.backends.requestlog import HistoryQuery, PredictionRecord, SqliteRequestLog
 from covidxray.errors import BackendUnavailable
-from covidxray.requestlog import HistoryQuery, PredictionRecord, SqliteRequestLog, open_request_log
 from tests import helpers
 from tests.bigquery_server import BigQueryServer
 
@@ -262,7 +263,7 @@ def test_query_jobs_and_their_results_work_through_jobs_insert(bq: BigQueryReque
 def test_reads_while_bigquery_is_down_are_503_and_writes_raise_for_the_outbox(
     bq: BigQueryRequestLog, server: BigQueryServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(covidxray.bigquery, "READ_RETRY", Retry(initial=0.05, timeout=0.3))
+    monkeypatch.setattr(covidxray.backends.bigquery, "READ_RETRY", Retry(initial=0.05, timeout=0.3))
     server.stop()
     with pytest.raises(BackendUnavailable):
         bq.get(str(uuid7()))

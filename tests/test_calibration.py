@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidxray.calibration import expected_calibration_error, fit_temperature, softmax
+from covidxray.predictors.calibration import expected_calibration_error, fit_temperature, softmax
 
 
 def test_softmax_rows_sum_to_one_and_temperature_flattens() -> None:

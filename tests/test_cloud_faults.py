@@ -19,20 +19,21 @@ from google.cloud import bigquery, storage
 from PIL import Image
 
 from covidxray import create_app
-from covidxray import outbox as ob
-from covidxray.auth import issue_token
-from covidxray.bigquery import init_bigquery, make_client
-from covidxray.imaging import Prepared
+from covidxray.backends import outbox as ob
+from covidxray.backends.bigquery import init_bigquery, make_client
+from covidxray.imaging.prepare import Prepared
 from covidxray.local_gunicorn import free_port
-from covidxray.predictors import Outcome, Predictor
+from covidxray.predictors.base import Outcome, Predictor
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 from tests.bigquery_server import BigQueryServer
 from tests.servers import ROOT, gunicorn
 from tests.test_gcs import BUCKET, gcs_emulator
 
 LOG_URI = "bigquery://proj/covidxray/predictions"
 WSGI = """
-from covidxray import create_app, outbox
+from covidxray import create_app
+from covidxray.backends import outbox
 from tests.test_cloud_faults import FakePredictor
 
 outbox.BASE_DELAY = 60.0  # no second attempt before SIGTERM: only the drain can ship

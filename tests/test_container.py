@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from covidxray.local_gunicorn import free_port
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.predictors.runtime import DEFAULT_MODEL
 
 from .servers import ROOT
 
@@ -249,6 +249,7 @@ def imported_modules(start: list[Path], skip: tuple[str, ...] = ()) -> set[str]:
                 todo.append(package.joinpath(*base).with_suffix(".py") if base else package / "__init__.py")
             elif isinstance(node, ast.ImportFrom) and node.module:  # the name may be a submodule
                 names = [f"{node.module}.{alias.name}" for alias in node.names]
+                names += [node.module] if node.module.split(".")[0] == "covidxray" else []
             for name in names:
                 if name.split(".")[0] == "covidxray":
                     todo.append(package.joinpath(*name.split(".")[1:]).with_suffix(".py"))
@@ -296,7 +297,7 @@ OPTIONAL = {"keras", "tensorflow"}
 @pytest.mark.parametrize("service", ["keras", "automl"])
 def test_image_installs_every_module_its_service_imports(service):
     installed = distributions([build_extras()[service], cloud_extra()])
-    entry = [ROOT / "covidxray" / name for name in ("app.py", "gunicorn_conf.py")]  # what gunicorn loads
+    entry = [ROOT / "covidxray" / name for name in ("web/app.py", "gunicorn_conf.py")]  # what gunicorn loads
     missing = {
         module
         for module in imported_modules(entry, skip=OTHER_BACKEND[service])
@@ -339,7 +340,11 @@ def test_dockerignore_sends_only_what_the_build_copies():
     for source in copied:
         assert (ROOT / source).exists() or source == "app-automl/", source
         assert not dockerignored(source.rstrip("/"), patterns), source
-    for kept in ("covidxray/app.py", "covidxray/templates/index.html", "app-keras/model/covidxray-cnn.onnx"):
+    for kept in (
+        "covidxray/web/app.py",
+        "covidxray/web/templates/index.html",
+        "app-keras/model/covidxray-cnn.onnx",
+    ):
         assert not dockerignored(kept, patterns), kept
     for left_out in (
         ".venv/bin/python",

@@ -53,7 +53,7 @@ def plain_env(service: str) -> dict[str, str]:
 
 def names_read_by_the_code() -> set[str]:
     """Every environment variable name the package mentions (settings, gunicorn_conf)."""
-    text = "".join(p.read_text() for p in (ROOT / "covidxray").glob("*.py"))
+    text = "".join(p.read_text() for p in (ROOT / "covidxray").rglob("*.py"))
     return set(re.findall(r"[\"']((?:COVIDXRAY|HOST|PORT)\w*)[\"']", text))
 
 

@@ -25,11 +25,11 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from covidxray.dicom import LATERAL_WARNING, decode_dicom
+from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.errors import ApiError, InvalidImage, UnsupportedModality
-from covidxray.imaging import prepare
+from covidxray.imaging.dicom import LATERAL_WARNING, decode_dicom
+from covidxray.imaging.prepare import prepare
 from covidxray.labels import LABELS
-from covidxray.requestlog import SqliteRequestLog
 
 #: Probabilities of the same radiograph sent as DICOM and as PNG agree within this.
 TOLERANCE = 0.02

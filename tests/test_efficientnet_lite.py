@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidxray.efficientnet_lite import VARIANTS, build_backbone, imagenet_classifier, load_state, stage_specs
-from covidxray.torch_weights import WeightsError, read_state_dict
+from covidxray.ml.efficientnet_lite import (
+    VARIANTS,
+    build_backbone,
+    imagenet_classifier,
+    load_state,
+    stage_specs,
+)
+from covidxray.ml.torch_weights import WeightsError, read_state_dict
 
 LITE0 = VARIANTS["efficientnet-lite0"]
 DAISY = 985  # ImageNet class index

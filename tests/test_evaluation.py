@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from covidxray.calibration import softmax
 from covidxray.cli import main
-from covidxray.evaluation import bootstrap_ci, classification_metrics, evaluate_logits
-from covidxray.imaging import PREPROCESSING_VERSION
+from covidxray.imaging.prepare import PREPROCESSING_VERSION
+from covidxray.ml.evaluation import bootstrap_ci, classification_metrics, evaluate_logits
+from covidxray.predictors.calibration import softmax
 
 # truth: covid covid pneumonia pneumonia normal normal
 # predicted: covid pneumonia pneumonia pneumonia normal covid
@@ -33,8 +33,8 @@ LABELS = np.array([0, 0, 1, 1, 2, 2])
 @pytest.fixture(scope="module")
 def tmp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny model with its ONNX twin and metadata JSON."""
-    from covidxray.model import build_model
-    from covidxray.training import save_model
+    from covidxray.ml.model import build_model
+    from covidxray.ml.training import save_model
 
     out = tmp_path_factory.mktemp("model") / "tiny.keras"
     meta = {

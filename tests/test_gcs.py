@@ -18,11 +18,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-import covidxray.gcs
+import covidxray.backends.gcs
+from covidxray.backends.gcs import GCSImageStore
+from covidxray.backends.registry import open_image_store
 from covidxray.errors import BackendUnavailable, NotFound
-from covidxray.gcs import GCSImageStore
 from covidxray.local_gunicorn import free_port
-from covidxray.storage import open_image_store
 
 BUCKET = "covidxray-test"
 
@@ -128,7 +128,7 @@ def test_reading_while_storage_is_down_is_503_and_writing_raises_for_the_outbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nobody listens
-    monkeypatch.setattr(covidxray.gcs, "READ_RETRY", DEFAULT_RETRY.with_timeout(0.3))
+    monkeypatch.setattr(covidxray.backends.gcs, "READ_RETRY", DEFAULT_RETRY.with_timeout(0.3))
     store = GCSImageStore(f"gs://{BUCKET}/uploads")
     with pytest.raises(BackendUnavailable):
         store.get(store.locate(b"x", "png").uri)

@@ -7,8 +7,8 @@ import re
 import pytest
 import requests
 
-from covidxray.auth import issue_token
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 from .servers import gunicorn
 

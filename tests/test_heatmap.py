@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidxray.heatmap import class_activation_map, overlay_png
-from covidxray.imaging import prepare
+from covidxray.imaging.heatmap import class_activation_map, overlay_png
+from covidxray.imaging.prepare import prepare
 
 
 def test_map_equals_a_direct_computation_from_features_and_weights(predictor, sample_jpeg):

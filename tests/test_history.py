@@ -12,7 +12,7 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 from covidxray import create_app
-from covidxray.requestlog import SqliteRequestLog
+from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.retention import purge_expired
 
 PASSWORD = "correct horse battery staple"

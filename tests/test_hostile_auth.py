@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from covidxray import create_app
-from covidxray.auth import issue_token
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 from .helpers import image_bytes
 
@@ -175,7 +175,7 @@ def test_forged_or_broken_token_gets_a_bare_401_and_only_its_reason_is_logged(
     assert challenge.startswith('Bearer realm="covidxray"')
     assert ("insufficient_scope" in challenge) == (status == 403)
     assert stored() == (0, 0)
-    reasons = [r.reason for r in caplog.records if r.name == "covidxray.auth" and hasattr(r, "reason")]
+    reasons = [r.reason for r in caplog.records if r.name == "covidxray.web.auth" and hasattr(r, "reason")]
     assert reasons == [reason]
     assert_logs_hold_no_secret(caplog, token, SUBJECT, SECRET)
 

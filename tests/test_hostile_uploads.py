@@ -28,9 +28,9 @@ import requests
 from PIL import Image
 
 from covidxray import create_app
-from covidxray.auth import issue_token
-from covidxray.requestlog import SqliteRequestLog
+from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 from .helpers import animated_gif, image_bytes
 from .servers import gunicorn

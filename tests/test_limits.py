@@ -17,10 +17,10 @@ import pytest
 from PIL import ImageFile
 
 from covidxray import create_app
-from covidxray.auth import issue_token
-from covidxray.imaging import Prepared
-from covidxray.predictors import Outcome, Predictor
+from covidxray.imaging.prepare import Prepared
+from covidxray.predictors.base import Outcome, Predictor
 from covidxray.settings import Settings
+from covidxray.web.auth import issue_token
 
 from .helpers import image_bytes
 

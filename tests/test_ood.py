@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from covidxray import create_app
+from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.cli import main
-from covidxray.gatefit import fit
 from covidxray.labels import LABELS, UNCERTAIN
-from covidxray.ood import Gate, open_guard
-from covidxray.requestlog import SqliteRequestLog
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.ml.gate_fit import fit
+from covidxray.predictors.gate import Gate, open_guard
+from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import ConfigError, Settings
 
 SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
@@ -235,8 +235,9 @@ def test_evaluate_reports_the_gate_per_kind(tmp_path: Path) -> None:
 
 @needs_ood
 def test_the_automl_service_runs_the_gate_itself_and_never_sends_a_refused_film(settings, auth) -> None:
-    from covidxray.automl_emulator import serve
-    from tests.test_automl import automl_client, calls, post as automl_post
+    from covidxray.automl_standin.emulator import serve
+    from tests.test_automl import automl_client, calls
+    from tests.test_automl import post as automl_post
 
     standin = serve(port=0)
     try:

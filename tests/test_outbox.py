@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from covidxray import buffered
-from covidxray import outbox as ob
+from covidxray.backends import buffered
+from covidxray.backends import outbox as ob
+from covidxray.backends.requestlog import HistoryQuery, PredictionRecord, RequestLog, SqliteRequestLog
+from covidxray.backends.storage import ImageStore, LocalImageStore, StoredImage
 from covidxray.errors import NotFound
-from covidxray.requestlog import HistoryQuery, PredictionRecord, RequestLog, SqliteRequestLog
 from covidxray.settings import Settings
-from covidxray.storage import ImageStore, LocalImageStore, StoredImage
 
 from .helpers import make_record
 
@@ -309,8 +309,8 @@ def test_stop_drains_what_is_waiting_even_while_backing_off(
 SIGTERM_SCRIPT = """
 import atexit, signal, sys, time
 from pathlib import Path
-from covidxray import outbox as ob
-from covidxray.buffered import wrap_cloud_backends
+from covidxray.backends import outbox as ob
+from covidxray.backends.buffered import wrap_cloud_backends
 from covidxray.settings import Settings
 from tests.helpers import make_record
 from tests.test_outbox import FakeCloudLog, FakeCloudStore

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidxray.imaging import prepare
+from covidxray.imaging.prepare import prepare
 
 SIZE = 224
 JPEG_TOLERANCE = 0.03  # mean absolute difference JPEG (quality 95) vs PNG, on the [0, 1] scale

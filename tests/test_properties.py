@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from covidxray.clinical import FIELD_NAMES, FLAGS, RANGES, SEXES, parse_clinical, parse_flag
 from covidxray.errors import InvalidField, InvalidImage, UnsupportedModality, UnsupportedType
-from covidxray.imaging import MAX_ASPECT, MIN_SIDE, prepare, sniff
+from covidxray.imaging.prepare import MAX_ASPECT, MIN_SIDE, prepare, sniff
+from covidxray.web.clinical import FIELD_NAMES, FLAGS, RANGES, SEXES, parse_clinical, parse_flag
 
 SIZE = 224  # the model's input size
 #: Few examples per CI run (HYPOTHESIS_EXAMPLES=5000 for a long fuzzing run); no deadline on a busy CI box.

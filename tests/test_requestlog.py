@@ -7,14 +7,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from covidxray.requestlog import (
-    _MIGRATIONS,
-    HistoryQuery,
-    PredictionRecord,
-    SqliteRequestLog,
-    open_request_log,
-)
-from covidxray.storage import LocalImageStore, open_image_store
+from covidxray.backends.registry import open_image_store, open_request_log
+from covidxray.backends.requestlog import _MIGRATIONS, HistoryQuery, PredictionRecord, SqliteRequestLog
+from covidxray.backends.storage import LocalImageStore
 
 
 def record(request_id: str, created_at: str = "2026-11-25T10:00:00.000000Z", **changes) -> PredictionRecord:

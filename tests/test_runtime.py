@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidxray.imaging import PREPROCESSING_VERSION
-from covidxray.runtime import DEFAULT_MODEL, KerasRuntime, ModelInfo, OnnxRuntime, load_runtime
+from covidxray.imaging.prepare import PREPROCESSING_VERSION
+from covidxray.predictors.runtime import DEFAULT_MODEL, KerasRuntime, ModelInfo, OnnxRuntime, load_runtime
 
 
 def _small_model(seed: int):  # noqa: ANN202 (a keras.Model)
     """An untrained small model (random weights, trained-looking BN statistics and bias)."""
-    from covidxray.model import build_model
+    from covidxray.ml.model import build_model
 
     model = build_model(96, (8, 16, 24), dropout=0.0)
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def _meta(name: str) -> dict:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained model with its ONNX twin and JSON."""
-    from covidxray.training import save_model
+    from covidxray.ml.training import save_model
 
     model = _small_model(0)
     out = tmp_path_factory.mktemp("model") / "small.keras"
@@ -89,8 +89,8 @@ def test_output_weights_give_exact_class_activation_maps(model_path: Path) -> No
 
 
 def test_an_ensemble_averages_its_members_and_keeps_exact_maps(tmp_path: Path) -> None:
-    from covidxray.model import ensemble
-    from covidxray.training import save_model
+    from covidxray.ml.model import ensemble
+    from covidxray.ml.training import save_model
 
     members = [_small_model(seed) for seed in (3, 4, 5)]
     batch = np.random.default_rng(6).random((2, 96, 96, 1), dtype=np.float32)
@@ -106,7 +106,7 @@ def test_an_ensemble_averages_its_members_and_keeps_exact_maps(tmp_path: Path) -
 
 
 def test_an_ensemble_of_one_is_the_member_itself() -> None:
-    from covidxray.model import ensemble
+    from covidxray.ml.model import ensemble
 
     member = _small_model(7)
     assert ensemble([member]) is member
@@ -115,7 +115,7 @@ def test_an_ensemble_of_one_is_the_member_itself() -> None:
 def test_check_twin_fails_beyond_tolerance(model_path: Path) -> None:
     import keras
 
-    from covidxray.model import check_twin
+    from covidxray.ml.model import check_twin
 
     model = keras.models.load_model(model_path, compile=False)
     batch = np.zeros((1, 96, 96, 1), np.float32)
@@ -136,7 +136,7 @@ def test_default_model_is_resolved_from_the_package_not_the_cwd() -> None:
 def test_onnx_path_never_imports_tensorflow(model_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from covidxray.runtime import load_runtime\n"
+        "from covidxray.predictors.runtime import load_runtime\n"
         f"rt = load_runtime({str(model_path)!r})\n"
         "rt.run(np.zeros((1, 96, 96, 1), np.float32)); rt.output_weights\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
@@ -148,7 +148,7 @@ def test_onnx_path_never_imports_tensorflow(model_path: Path) -> None:
 @pytest.fixture(scope="module")
 def twins_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small model with both twins: float and int8 (calibrated on random films)."""
-    from covidxray.training import add_int8_twin, save_model
+    from covidxray.ml.training import add_int8_twin, save_model
 
     out = tmp_path_factory.mktemp("twins") / "small.keras"
     meta = save_model(_small_model(1), out, _meta("small"))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from covidxray.imaging import prepare, to_tensor
-from covidxray.predictors import KerasPredictor
-from covidxray.runtime import DEFAULT_MODEL
+from covidxray.imaging.prepare import prepare, to_tensor
+from covidxray.predictors.keras import KerasPredictor
+from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import Settings
 
 SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
@@ -34,7 +34,7 @@ from PIL import Image
 import functools
 import io
 from covidxray import create_app
-from covidxray.auth import issue_token
+from covidxray.web.auth import issue_token
 from covidxray.settings import Settings
 
 settings = Settings.from_env(data_dir=sys.argv[1], jwt_keys={"": "k" * 40}, secret_key="s" * 40, ood="off",

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from covidxray import create_app
-from covidxray.auth import issue_token
+from covidxray.web.auth import issue_token
 
 
 @pytest.mark.parametrize("path", ["/", "/api/openapi.json", "/healthz", "/api/docs/"])

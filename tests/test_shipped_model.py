@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidxray.calibration import softmax
-from covidxray.imaging import PREPROCESSING_VERSION, prepare
+from covidxray.imaging.prepare import PREPROCESSING_VERSION, prepare
 from covidxray.labels import LABELS
-from covidxray.runtime import DEFAULT_MODEL, load_runtime
+from covidxray.predictors.calibration import softmax
+from covidxray.predictors.runtime import DEFAULT_MODEL, load_runtime
 
 SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
 
@@ -42,7 +42,7 @@ def test_the_int8_twin_agrees_with_the_float_twin_on_the_samples() -> None:
 
 
 def test_the_heatmap_stays_exact_and_matches_keras() -> None:
-    from covidxray.heatmap import class_activation_map
+    from covidxray.imaging.heatmap import class_activation_map
 
     onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL), load_runtime(DEFAULT_MODEL, "keras")
     batch = np.stack([prepare(SAMPLES[0].read_bytes(), onnx_rt.info.input_size).tensor])

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covidxray.cli import main
-from covidxray.training import augmenter, data_fingerprint, list_images, mixup, sample_weights
+from covidxray.ml.datasets import augmenter, list_images, mixup
+from covidxray.ml.training import data_fingerprint, sample_weights
 
 LABELS = ("covid", "pneumonia", "normal")
 

@@ -1,0 +1,25 @@
+"""The `covidxray` command line: one group, its commands defined by command group in this package."""
+
+from __future__ import annotations
+
+import click
+
+from covidxray.cli import evaluate, model, predict, service
+
+
+@click.group()
+def main() -> None:
+    """covidxray: chest X-ray classification (covid, pneumonia, normal)."""
+
+
+for command in (
+    model.train,
+    model.quantize,
+    model.gate,
+    evaluate.evaluate,
+    predict.predict,
+    service.token,
+    service.automl_emulator,
+    service.bigquery_init,
+):
+    main.add_command(command)

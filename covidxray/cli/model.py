@@ -1,0 +1,118 @@
+"""Model commands: train, quantize, gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from covidxray.cli.common import data_folder, model_option, ood_option, setup_logging
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=str,
+    help="folder (or gs://bucket/prefix) with train/<label>/ and val/<label>/",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch"]),
+    default="efficientnet-lite0",
+    show_default=True,
+    help="ImageNet-pretrained EfficientNet-Lite to fine-tune, or the small CNN trained from scratch",
+)
+@click.option("--size", type=click.IntRange(min=32), default=None, help="input size in pixels")
+@click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
+@click.option("--seed", type=int, default=None, help="random seed (member i uses seed + i)")
+@click.option(
+    "--members",
+    type=click.IntRange(min=1),
+    default=None,
+    help="networks to train and average into the one shipped model",
+)
+@click.option(
+    "--mixup",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Beta(a, a) parameter of mixup within each batch (0: off)",
+)
+@click.option("--hflip/--no-hflip", default=None, help="random left-right flips in the augmentation")
+@ood_option("folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name")
+def train(
+    data_dir: str,
+    out: Path,
+    backbone: str,
+    size: int | None,
+    epochs: int | None,
+    seed: int | None,
+    members: int | None,
+    mixup: float | None,
+    hflip: bool | None,
+    ood_dir: Path | None,
+) -> None:
+    """Train the model; write FILE.keras, its ONNX twins FILE.onnx and FILE.int8.onnx, and FILE.json."""
+    import json
+
+    from covidxray.ml.config import TrainConfig
+    from covidxray.ml.training import train as run_training
+
+    setup_logging()
+    if out.suffix != ".keras":
+        raise click.BadParameter("must end in .keras", param_hint="--out")
+    options: dict[str, Any] = dict(
+        size=size, epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip
+    )
+    cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
+    try:
+        with data_folder(data_dir) as folder:
+            meta = run_training(folder, out, cfg, ood_dir=ood_dir)
+    except RuntimeError as exc:  # the ONNX twin disagrees with Keras
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        json.dumps({k: meta[k] for k in ("name", "version", "temperature", "val", "onnx_max_abs_diff")})
+    )
+
+
+@click.command()
+@click.option(
+    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
+)
+@model_option
+def quantize(data_dir: str, model_path: Path | None) -> None:
+    """Write the model's int8 twin (calibrated on training films), measure it on val, record it."""
+    import json
+
+    from covidxray.ml.training import int8_twin_for
+
+    setup_logging()
+    from covidxray.predictors.runtime import DEFAULT_MODEL
+
+    with data_folder(data_dir) as folder:
+        entry = int8_twin_for(model_path or DEFAULT_MODEL, folder)
+    click.echo(json.dumps(entry))
+
+
+@click.command()
+@click.option(
+    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
+)
+@model_option
+@ood_option("folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name")
+def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None) -> None:
+    """Fit the gate for non-frontal inputs (threshold on val); write FILE.ood.npz and update FILE.json."""
+    import json
+
+    from covidxray.ml.gate_fit import build_gate
+    from covidxray.predictors.runtime import DEFAULT_MODEL
+
+    setup_logging()
+    with data_folder(data_dir) as folder:
+        entry = build_gate(model_path or DEFAULT_MODEL, folder, ood_dir)
+    click.echo(json.dumps(entry))

@@ -1,0 +1,126 @@
+"""Fine-tuning a pretrained backbone: a head warm-up on frozen features, then the whole network.
+
+The warm-up fits the output layer on the backbone's pooled features of the (unaugmented) training
+films, which takes seconds. The whole network then trains with augmentation, the backbone at a lower
+learning rate than the head (two AdamW optimisers in one training step), early stopping on val loss.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from covidxray.labels import LABELS
+
+log = logging.getLogger(__name__)
+
+
+def pooled_features(model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:  # noqa: ANN001
+    """The pooled last feature maps of uint8 films `x` (n, size, size, 1), in inference mode."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].astype(np.float32) / 255.0
+        out.append(np.asarray(model(batch, training=False)[1]).mean(axis=(1, 2)))
+    return np.concatenate(out)
+
+
+def warm_up_head(model, x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, cfg) -> dict:  # noqa: ANN001
+    """Fit the output layer alone on frozen pooled features (weighted, label-smoothed); return its history."""
+    import keras
+
+    from covidxray.ml.model import output_layer
+
+    feats = pooled_features(model, x_train)
+    head = output_layer(model)
+    inputs = keras.Input((feats.shape[1],))
+    probe = keras.Model(inputs, keras.layers.Dense(len(LABELS))(keras.layers.Dropout(cfg.dropout)(inputs)))
+    probe.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    targets = np.eye(len(LABELS), dtype=np.float32)[y_train]
+    history = probe.fit(
+        feats, targets, sample_weight=w_train, epochs=cfg.head_epochs, batch_size=64, verbose=0
+    )
+    head.set_weights(probe.layers[-1].get_weights())
+    log.info("head warm-up: train accuracy %.3f", history.history["accuracy"][-1])
+    return history.history
+
+
+def two_rate_model(model, backbone_rate, head_rate, weight_decay: float, loss):  # noqa: ANN001, ANN201
+    """A logits-only view of `model` whose training step gives the backbone its own optimiser."""
+    import keras
+    import tensorflow as tf
+
+    from covidxray.ml.model import backbone_of
+
+    backbone = backbone_of(model)
+    assert backbone is not None
+    backbone_paths = {v.path for v in backbone.trainable_variables}
+
+    class TwoRate(keras.Model):
+        """Applies `backbone_optimizer` to the backbone's variables and the compiled optimiser to the rest."""
+
+        def train_step(self, data):  # noqa: ANN001, ANN202
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            variables = self.trainable_variables
+            grads = tape.gradient(loss, variables)
+            ours = [(g, v) for g, v in zip(grads, variables, strict=True) if v.path in backbone_paths]
+            rest = [(g, v) for g, v in zip(grads, variables, strict=True) if v.path not in backbone_paths]
+            self.backbone_optimizer.apply([g for g, _ in ours], [v for _, v in ours])
+            self.optimizer.apply([g for g, _ in rest], [v for _, v in rest])
+            for metric in self.metrics:
+                if metric.name == "loss":
+                    metric.update_state(loss)
+                else:
+                    metric.update_state(y, y_pred, sample_weight)
+            return {m.name: m.result() for m in self.metrics}
+
+    trainable = TwoRate(model.inputs, model.outputs[0])
+    trainable.backbone_optimizer = keras.optimizers.AdamW(backbone_rate, weight_decay=weight_decay)
+    trainable.backbone_optimizer.build(backbone.trainable_variables)
+    trainable.compile(
+        optimizer=keras.optimizers.AdamW(head_rate, weight_decay=weight_decay),
+        loss=loss,
+        metrics=["accuracy"],
+    )
+    return trainable
+
+
+def fit_pretrained(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN201
+    """Warm up the head, then fine-tune the whole network; return the model and its history."""
+    import keras
+
+    from covidxray.ml.datasets import make_dataset
+    from covidxray.ml.model import build_pretrained
+
+    x_train, y_train, w_train, x_val, y_val = data
+    keras.utils.set_random_seed(seed)
+    model = build_pretrained(cfg.backbone, cfg.size, len(LABELS), cfg.dropout)
+    head_history = warm_up_head(model, x_train, y_train, w_train, cfg)
+    per_epoch = int(np.ceil(len(x_train) / cfg.batch_size))
+    steps, warm = max(2, cfg.epochs * per_epoch), min(per_epoch, max(1, cfg.epochs * per_epoch // 4))
+    rates = [  # a linear warm-up over the first epoch, then cosine decay
+        keras.optimizers.schedules.CosineDecay(0.0, steps - warm, warmup_target=rate, warmup_steps=warm)
+        for rate in (cfg.backbone_learning_rate, cfg.learning_rate)
+    ]
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+    trainable = two_rate_model(model, rates[0], rates[1], cfg.weight_decay, loss)
+    one_hot = np.eye(len(LABELS), dtype=np.float32)
+    history = trainable.fit(
+        make_dataset(x_train, one_hot[y_train], w_train, cfg, train=True),
+        validation_data=make_dataset(x_val, one_hot[y_val], None, cfg, train=False),
+        epochs=cfg.epochs,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+            )
+        ],
+        verbose=verbose,
+    )
+    return model, {**history.history, "head_accuracy": head_history["accuracy"][-1:]}
