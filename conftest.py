@@ -33,7 +33,7 @@ def settings(tmp_path: Path) -> Settings:
     """Development settings over a temp data folder, independent of the environment.
 
     The gate for non-frontal inputs is off here, since most tests upload generated pictures;
-    tests/test_ood.py turns it on (its default, `refuse`, and `warn`).
+    tests/predictors/test_ood.py turns it on (its default, `refuse`, and `warn`).
     """
     return Settings(
         data_dir=tmp_path,

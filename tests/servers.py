@@ -29,7 +29,7 @@ def gunicorn(
         "COVIDXRAY_DATA_DIR": str(data_dir),
         "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
         # These servers test processes, limits and hostile input with generated pictures, which the
-        # gate would refuse; tests/test_ood.py checks the gate (and the default `refuse`) itself.
+        # gate would refuse; tests/predictors/test_ood.py checks the gate (and the default `refuse`) itself.
         "COVIDXRAY_OOD": "off",
         **env,
     }

@@ -351,7 +351,7 @@ def test_dockerignore_sends_only_what_the_build_copies():
         ".git/HEAD",
         "var/secret_key",
         "app-keras/var/jwt_secret",
-        "tests/test_api.py",
+        "tests/web/test_api.py",
         "covidxray/__pycache__/app.cpython-311.pyc",
         "test-artifacts/form.png",
         ".env",

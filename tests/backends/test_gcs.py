@@ -149,7 +149,7 @@ def test_evaluate_reads_a_gs_data_folder_with_its_manifest(gcs_url: str, tmp_pat
 
     bucket = storage.Client().bucket(BUCKET)
     rows = ["file,patient_id"]
-    samples = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
+    samples = sorted((Path(__file__).parents[1] / "samples").glob("*.jpg"))
     for i, sample in enumerate(samples):
         name = f"test/{sample.name.split('-', 1)[0]}/{sample.name}"
         bucket.blob(f"cxr/{name}").upload_from_filename(str(sample))

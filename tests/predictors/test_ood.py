@@ -21,8 +21,8 @@ from covidxray.predictors.gate import Gate, open_guard
 from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import ConfigError, Settings
 
-SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
-OOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood"  # never copied into the repository
+SAMPLES = sorted((Path(__file__).parents[1] / "samples").glob("*.jpg"))
+OOD = Path(__file__).resolve().parents[3] / "shared" / "data" / "ood"  # never copied into the repository
 needs_ood = pytest.mark.skipif(not OOD.is_dir(), reason=f"the non-frontal examples are not at {OOD}")
 
 
@@ -160,7 +160,7 @@ def test_a_refused_upload_is_stored_and_logged_with_its_reason(client_for, auth,
 
 @needs_ood
 def test_the_browser_form_says_it_in_words(client_for) -> None:
-    from tests.test_web import submit
+    from tests.web.test_web import submit
 
     response = submit(client_for("refuse"), ct_slice())
     page = response.get_data(as_text=True)
@@ -236,8 +236,8 @@ def test_evaluate_reports_the_gate_per_kind(tmp_path: Path) -> None:
 @needs_ood
 def test_the_automl_service_runs_the_gate_itself_and_never_sends_a_refused_film(settings, auth) -> None:
     from covidxray.automl_standin.emulator import serve
-    from tests.test_automl import automl_client, calls
-    from tests.test_automl import post as automl_post
+    from tests.predictors.test_automl import automl_client, calls
+    from tests.predictors.test_automl import post as automl_post
 
     standin = serve(port=0)
     try:

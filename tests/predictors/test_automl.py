@@ -30,8 +30,7 @@ from covidxray.predictors.automl_breaker import CircuitBreaker
 from covidxray.predictors.automl_wire import Resource, is_loopback
 from covidxray.settings import ConfigError, Settings
 from covidxray.web.auth import issue_token
-
-from .servers import ROOT, gunicorn
+from tests.servers import ROOT, gunicorn
 
 VERTEX = "projects/covidxray-test/locations/europe-west4/endpoints/1234567890"
 LEGACY = "projects/covidxray-test/locations/us-central1/models/ICN1234567890"

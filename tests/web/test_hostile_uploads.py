@@ -31,9 +31,8 @@ from covidxray import create_app
 from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
-
-from .helpers import animated_gif, image_bytes
-from .servers import gunicorn
+from tests.helpers import animated_gif, image_bytes
+from tests.servers import gunicorn
 
 # ---------------------------------------------------------------------------------------------
 # Builders of hostile bytes

@@ -26,15 +26,15 @@ from covidxray.local_gunicorn import free_port
 from covidxray.predictors.base import Outcome, Predictor
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
+from tests.backends.test_gcs import BUCKET, gcs_emulator
 from tests.bigquery_server import BigQueryServer
 from tests.servers import ROOT, gunicorn
-from tests.test_gcs import BUCKET, gcs_emulator
 
 LOG_URI = "bigquery://proj/covidxray/predictions"
 WSGI = """
 from covidxray import create_app
 from covidxray.backends import outbox
-from tests.test_cloud_faults import FakePredictor
+from tests.backends.test_cloud_faults import FakePredictor
 
 outbox.BASE_DELAY = 60.0  # no second attempt before SIGTERM: only the drain can ship
 app = create_app(predictor=FakePredictor())
@@ -107,7 +107,7 @@ def cloud_app(cloud: Cloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ob, "BASE_DELAY", 0.05)
     monkeypatch.setattr(ob, "MAX_DELAY", 0.5)
     settings = Settings(
-        ood="off",  # generated pictures; the gate is tests/test_ood.py's
+        ood="off",  # generated pictures; the gate is tests/predictors/test_ood.py's
         data_dir=tmp_path,
         jwt_keys={"": "test-secret-" + "x" * 32},
         secret_key="test-session-key-" + "y" * 32,

@@ -13,7 +13,7 @@ from covidxray.labels import LABELS
 from covidxray.predictors.calibration import softmax
 from covidxray.predictors.runtime import DEFAULT_MODEL, load_runtime
 
-SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
+SAMPLES = sorted((Path(__file__).parents[1] / "samples").glob("*.jpg"))
 
 
 def test_shipped_files_exist_and_fit_the_budget() -> None:

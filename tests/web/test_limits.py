@@ -21,8 +21,7 @@ from covidxray.imaging.prepare import Prepared
 from covidxray.predictors.base import Outcome, Predictor
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
-
-from .helpers import image_bytes
+from tests.helpers import image_bytes
 
 GENERIC_500 = {"error": {"code": "internal", "message": "internal error"}}
 
@@ -134,7 +133,7 @@ def capped(tmp_path, predictor, monkeypatch):
     """The service with COVIDXRAY_MAX_PIXELS=100000 read from the environment."""
     monkeypatch.setenv("COVIDXRAY_MAX_PIXELS", "100000")
     settings = Settings.from_env(
-        ood="off",  # generated pictures; the gate is tests/test_ood.py's
+        ood="off",  # generated pictures; the gate is tests/predictors/test_ood.py's
         data_dir=tmp_path,
         jwt_keys={"": "k" * 40},
         secret_key="s" * 40,

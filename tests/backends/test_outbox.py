@@ -22,10 +22,9 @@ from covidxray.backends.requestlog import HistoryQuery, PredictionRecord, Reques
 from covidxray.backends.storage import ImageStore, LocalImageStore, StoredImage
 from covidxray.errors import NotFound
 from covidxray.settings import Settings
+from tests.helpers import make_record
 
-from .helpers import make_record
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeCloudStore(ImageStore):
@@ -313,7 +312,7 @@ from covidxray.backends import outbox as ob
 from covidxray.backends.buffered import wrap_cloud_backends
 from covidxray.settings import Settings
 from tests.helpers import make_record
-from tests.test_outbox import FakeCloudLog, FakeCloudStore
+from tests.backends.test_outbox import FakeCloudLog, FakeCloudStore
 
 cloud, cloud_log = FakeCloudStore(), FakeCloudLog()
 atexit.register(lambda: print("shipped", len(cloud.objects), len(cloud_log.rows), flush=True))

@@ -130,7 +130,7 @@ def test_unknown_runtime_is_refused(model_path: Path) -> None:
 
 def test_default_model_is_resolved_from_the_package_not_the_cwd() -> None:
     assert DEFAULT_MODEL.is_absolute()
-    assert DEFAULT_MODEL.parent == Path(__file__).resolve().parent.parent / "app-keras" / "model"
+    assert DEFAULT_MODEL.parent == Path(__file__).resolve().parents[2] / "app-keras" / "model"
 
 
 def test_onnx_path_never_imports_tensorflow(model_path: Path) -> None:

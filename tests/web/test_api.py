@@ -9,8 +9,7 @@ import pytest
 
 from covidxray.labels import LABELS
 from covidxray.web.auth import issue_token
-
-from .helpers import animated_gif, image_bytes
+from tests.helpers import animated_gif, image_bytes
 
 
 def post_image(client, headers, data: bytes, name: str = "x.jpg", route: str = "/api/v1/predict", **fields):

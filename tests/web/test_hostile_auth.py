@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from covidxray import create_app
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
-
-from .helpers import image_bytes
+from tests.helpers import image_bytes
 
 KID = "2026a"
 SECRET = "rotating-secret-2026a-" + "q" * 48  # 64+ bytes: HS512 with it draws no key-length warning
@@ -228,7 +227,7 @@ def test_key_rotation_through_the_environment_keeps_old_tokens_until_their_key_i
     def service(keys: str) -> tuple[Any, Settings]:
         monkeypatch.setenv("COVIDXRAY_JWT_KEYS", keys)
         settings = Settings.from_env(
-            ood="off",  # generated pictures; the gate is tests/test_ood.py's
+            ood="off",  # generated pictures; the gate is tests/predictors/test_ood.py's
             data_dir=tmp_path,
             secret_key="s" * 40,
             image_store=f"file://{tmp_path / 'uploads'}",

@@ -18,7 +18,7 @@ from covidxray.predictors.keras import KerasPredictor
 from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import Settings
 
-SAMPLES = sorted((Path(__file__).parent / "samples").glob("*.jpg"))
+SAMPLES = sorted((Path(__file__).parents[1] / "samples").glob("*.jpg"))
 MODEL = Settings.from_env().model or DEFAULT_MODEL
 needs_model = pytest.mark.skipif(
     not MODEL.with_suffix(".onnx").is_file(),
@@ -114,7 +114,7 @@ def _large_jpeg(name: str) -> bytes:
     elif name == "edges":
         picture = _with_edges(_radiograph(2500, 2000, 2))
     else:
-        sample = Image.open(Path(__file__).parent / "samples" / f"{name}.jpg").convert("L")
+        sample = Image.open(Path(__file__).parents[1] / "samples" / f"{name}.jpg").convert("L")
         picture = sample.resize((2500, 2000), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     picture.save(out, "JPEG", quality=90)

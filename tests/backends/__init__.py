@@ -1,0 +1,1 @@
+"""Tests of image stores, request logs, the outbox and cloud failures."""

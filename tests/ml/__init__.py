@@ -1,0 +1,1 @@
+"""Tests of the networks, training, evaluation and the shipped model."""

@@ -1,0 +1,1 @@
+"""Tests of the model's runtimes, the AutoML client and the gate."""

@@ -1,0 +1,1 @@
+"""Tests of the Flask app: pages, API, auth, limits and hostile input."""
