@@ -15,10 +15,10 @@ from covidxray.backends.requestlog import PredictionRecord, RequestLog
 from covidxray.backends.storage import ImageStore
 from covidxray.errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
 from covidxray.imaging.heatmap import overlay_png
-from covidxray.imaging.prepare import prepare
+from covidxray.imaging.prepare import Prepared, prepare
 from covidxray.labels import LABELS, UNCERTAIN
 from covidxray.predictors.base import Outcome, Predictor
-from covidxray.predictors.gate import Guard
+from covidxray.predictors.gate import Guard, Verdict
 from covidxray.settings import Settings
 
 PREDICTIONS = Counter("covidxray_predictions_total", "Predictions by class", ["backend", "predicted_class"])
@@ -61,25 +61,11 @@ def predict_upload(
     then raise with the request id.
     """
     started = time.perf_counter()
-    predictor, guard = services.predictor, services.guard
+    predictor = services.predictor
     prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
     request_id = str(uuid7())
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    verdict = guard.check(prepared) if guard and guard.needs_features else None
-    outcome: Outcome | None = None
-    status: str = "ok"
-    error: ApiError | None = None
-    if verdict is None or verdict.passed or guard is None or guard.mode == "warn":
-        try:
-            outcome = predictor.predict(prepared, data, explain=explain)
-        except BackendUnavailable as exc:
-            status, error = exc.code, exc
-    if guard is not None and verdict is None and outcome is not None:
-        verdict = guard.check(prepared, outcome.pooled)
-    refused = verdict is not None and not verdict.passed and guard is not None and guard.mode == "refuse"
-    if refused:
-        assert verdict is not None
-        outcome, status, error = None, "refused", NotChestRadiograph(verdict.message())
+    outcome, verdict, status, error = _gate_and_predict(services, prepared, data, explain)
     kept = prepared.stored if prepared.stored is not None else data  # DICOM: the de-identified copy
     stored = services.images.put(
         kept, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
@@ -127,6 +113,29 @@ def predict_upload(
         error.request_id = request_id
         raise error
     return record
+
+
+def _gate_and_predict(
+    services: Services, prepared: Prepared, data: bytes, explain: bool
+) -> tuple[Outcome | None, Verdict | None, str, ApiError | None]:
+    """Ask the gate and the predictor: (outcome, verdict, status, error to raise once recorded).
+
+    A backend that yields no features (AutoML) is asked only after the gate passed the image
+    (or under `warn`); our own model's forward pass feeds the gate its pooled features.
+    """
+    predictor, guard = services.predictor, services.guard
+    verdict = guard.check(prepared) if guard and guard.needs_features else None
+    outcome: Outcome | None = None
+    if verdict is None or verdict.passed or (guard is not None and guard.mode == "warn"):
+        try:
+            outcome = predictor.predict(prepared, data, explain=explain)
+        except BackendUnavailable as exc:
+            return None, verdict, exc.code, exc
+    if guard is not None and verdict is None and outcome is not None:
+        verdict = guard.check(prepared, outcome.pooled)
+    if verdict is not None and not verdict.passed and guard is not None and guard.mode == "refuse":
+        return None, verdict, "refused", NotChestRadiograph(verdict.message())
+    return outcome, verdict, "ok", None
 
 
 def decide(probabilities: dict[str, float], uncertain_below: float) -> tuple[str, float]:
