@@ -24,9 +24,9 @@ from covidxray.cli.common import data_folder, model_option, ood_option, setup_lo
 @click.option(
     "--backbone",
     type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch"]),
-    default="efficientnet-lite0",
+    default="scratch",
     show_default=True,
-    help="ImageNet-pretrained EfficientNet-Lite to fine-tune, or the small CNN trained from scratch",
+    help="the small CNN trained from scratch (shipped), or an ImageNet-pretrained EfficientNet-Lite to fine-tune",
 )
 @click.option("--size", type=click.IntRange(min=32), default=None, help="input size in pixels")
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
