@@ -26,7 +26,7 @@ from covidxray.cli.common import data_folder, model_option, ood_option, setup_lo
     type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch"]),
     default="scratch",
     show_default=True,
-    help="the small CNN trained from scratch (shipped), or an ImageNet-pretrained EfficientNet-Lite to fine-tune",
+    help="scratch: the small CNN (shipped); efficientnet-liteN: fine-tune an ImageNet-pretrained one",
 )
 @click.option("--size", type=click.IntRange(min=32), default=None, help="input size in pixels")
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
