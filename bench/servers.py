@@ -70,6 +70,8 @@ def environment(data_dir: Path, port: int, secret: str, model: Path, workers: in
         COVIDXRAY_SECRET_KEY="bench-session-key-" + "s" * 32,
         PROMETHEUS_MULTIPROC_DIR=str(data_dir / "metrics"),
         TF_CPP_MIN_LOG_LEVEL="2",
+        # The gate runs in full but answers 200 for the benchmark's generated films (it may flag them).
+        COVIDXRAY_OOD="warn",
     )
     env["COVIDXRAY_MODEL"] = str(model)
     return env
