@@ -1,6 +1,6 @@
 """Fitting and measuring the gate for non-frontal inputs (training side: scikit-learn, matplotlib).
 
-The served side, `ood`, only loads a fitted gate and judges with numpy.
+The served side, `covidxray.predictors.gate`, only loads a fitted gate and judges with numpy.
 """
 
 from __future__ import annotations
