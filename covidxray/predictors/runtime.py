@@ -160,7 +160,7 @@ def run_files(
     gate: Any = None,
 ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
     """Prepare and run `files`; return logits (n, 3) (NaN rows for unusable files), per-file errors, and
-    per-file messages of the OOD `gate` (a `predictors.gate.Guard`, if given) for the files it does not pass."""
+    per-file messages of the OOD `gate` (a `gate.Guard`, if given) for the files it does not pass."""
     from tqdm import tqdm
 
     from covidxray.errors import ApiError
