@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32
 
 
+#: COVIDXRAY_OOD: what the gate does with an input that is not a frontal chest radiograph
+OOD_MODES = ("refuse", "warn", "off")
+
+
 class ConfigError(RuntimeError):
     """The environment does not describe a service that may start."""
 
@@ -131,8 +135,8 @@ class Settings:
 
     def validated(self) -> Settings:
         """Fill development secrets, or refuse production without strong ones."""
-        if self.ood not in ("refuse", "warn", "off"):
-            raise ConfigError(f"COVIDXRAY_OOD must be refuse, warn or off, got {self.ood!r}")
+        if self.ood not in OOD_MODES:
+            raise ConfigError(f"COVIDXRAY_OOD must be one of {', '.join(OOD_MODES)}, got {self.ood!r}")
         if self.production:
             missing = self._weak_production_secrets()
             if missing:

@@ -28,6 +28,11 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def data_option(help: str):  # noqa: ANN201, A002 (a click decorator)
+    """`--data DIR`: a data folder, local or gs://bucket/prefix."""
+    return click.option("--data", "data_dir", required=True, type=str, help=help)
+
+
 def ood_option(help: str):  # noqa: ANN201, A002 (a click decorator)
     """`--ood DIR`: a folder of non-frontal inputs, one subfolder per kind (ct/, lateral/, ...)."""
     path = click.Path(exists=True, file_okay=False, path_type=Path)

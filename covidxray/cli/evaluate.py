@@ -7,17 +7,11 @@ from typing import Any
 
 import click
 
-from covidxray.cli.common import data_folder, ood_option, runtime_option
+from covidxray.cli.common import data_folder, data_option, ood_option, runtime_option
 
 
 @click.command()
-@click.option(
-    "--data",
-    "data_dir",
-    required=True,
-    type=str,
-    help="folder (or gs://bucket/prefix) with <label>/ subfolders",
-)
+@data_option("folder (or gs://bucket/prefix) with <label>/ subfolders")
 @click.option(
     "--model",
     "model_path",
@@ -114,14 +108,15 @@ def _evaluate(
 def _gate_figures(model_path: Path, files: list[Path], ood_dir: Path) -> dict[str, Any]:
     """The gate's figures: DATA's frontal films refused, and each kind under OOD caught."""
     from covidxray.ml.gate_fit import evaluate_gate, kind_folders
-    from covidxray.predictors.gate import gate_path, open_guard
+    from covidxray.predictors.gate import Gate, gate_path
     from covidxray.predictors.runtime import load_runtime
 
-    if gate_path(model_path) is None:
+    path = gate_path(model_path)
+    if path is None or not path.is_file():
         raise click.ClickException(f"{model_path} has no gate; fit one with `covidxray gate`")
-    guard = open_guard("refuse", model_path)
-    assert guard is not None
-    return evaluate_gate(guard.gate, load_runtime(model_path, "onnx-float"), files, kind_folders(ood_dir))
+    return evaluate_gate(
+        Gate.load(path), load_runtime(model_path, "onnx-float"), files, kind_folders(ood_dir)
+    )
 
 
 def _gate_table(result: dict[str, Any]) -> str:

@@ -7,17 +7,15 @@ from typing import Any
 
 import click
 
-from covidxray.cli.common import data_folder, model_option, ood_option, setup_logging
+from covidxray.cli.common import data_folder, data_option, model_option, ood_option, setup_logging
+
+#: what `--ood` means to train and gate
+TRAIN_VAL = "folder (or gs://bucket/prefix) with train/<label>/ and val/<label>/"
+NAMED_KINDS = "folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name"
 
 
 @click.command()
-@click.option(
-    "--data",
-    "data_dir",
-    required=True,
-    type=str,
-    help="folder (or gs://bucket/prefix) with train/<label>/ and val/<label>/",
-)
+@data_option(TRAIN_VAL)
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
 )
@@ -44,7 +42,7 @@ from covidxray.cli.common import data_folder, model_option, ood_option, setup_lo
     help="Beta(a, a) parameter of mixup within each batch (0: off)",
 )
 @click.option("--hflip/--no-hflip", default=None, help="random left-right flips in the augmentation")
-@ood_option("folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name")
+@ood_option(NAMED_KINDS)
 def train(
     data_dir: str,
     out: Path,
@@ -81,30 +79,25 @@ def train(
 
 
 @click.command()
-@click.option(
-    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
-)
+@data_option(TRAIN_VAL)
 @model_option
 def quantize(data_dir: str, model_path: Path | None) -> None:
     """Write the model's int8 twin (calibrated on training films), measure it on val, record it."""
     import json
 
     from covidxray.ml.training import int8_twin_for
-
-    setup_logging()
     from covidxray.predictors.runtime import DEFAULT_MODEL
 
+    setup_logging()
     with data_folder(data_dir) as folder:
         entry = int8_twin_for(model_path or DEFAULT_MODEL, folder)
     click.echo(json.dumps(entry))
 
 
 @click.command()
-@click.option(
-    "--data", "data_dir", required=True, type=str, help="folder with train/<label>/ and val/<label>/"
-)
+@data_option(TRAIN_VAL)
 @model_option
-@ood_option("folder of known non-frontal inputs (ct/, lateral/) that the gate learns to name")
+@ood_option(NAMED_KINDS)
 def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None) -> None:
     """Fit the gate for non-frontal inputs (threshold on val); write FILE.ood.npz and update FILE.json."""
     import json

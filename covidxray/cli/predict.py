@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from covidxray.cli.common import runtime_option
+from covidxray.settings import OOD_MODES
 
 
 @click.command()
@@ -48,8 +49,8 @@ def predict(
     runtime = load_runtime(model_path, None if runtime_name == "onnx" else runtime_name)
     threshold = float(os.environ.get("COVIDXRAY_UNCERTAIN_BELOW", "0.6"))
     mode = os.environ.get("COVIDXRAY_OOD", "refuse").lower()
-    if mode not in ("refuse", "warn", "off"):
-        raise click.UsageError(f"COVIDXRAY_OOD must be refuse, warn or off, got {mode!r}")
+    if mode not in OOD_MODES:
+        raise click.UsageError(f"COVIDXRAY_OOD must be one of {', '.join(OOD_MODES)}, got {mode!r}")
     try:
         gate = open_guard(mode, model_path)
     except FileNotFoundError as exc:

@@ -20,6 +20,8 @@ from covidxray.errors import InvalidImage, UnsupportedType
 #: Bumped whenever `prepare` changes what the model sees; stored in the model metadata.
 PREPROCESSING_VERSION = "1"
 MIN_SIDE = 64
+#: The decoder's note on a colour picture (the gate refuses such an upload whatever its score).
+PHOTO_NOTE = "looks like a colour photograph, not a radiograph"
 MAX_ASPECT = 4.0
 PLAUSIBLE_ASPECT = 2.0
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -141,7 +143,7 @@ def _decode(data: bytes, fmt: str, size: int, max_pixels: int) -> tuple[Image.Im
         raise InvalidImage("the image is truncated or corrupt and could not be decoded") from exc
     width, height = full if img.size == loaded else full[::-1]  # an EXIF rotation by 90° swaps them
     if img.mode in ("RGB", "RGBA", "CMYK", "P", "YCbCr") and _looks_like_photo(img):
-        notes = ["looks like a colour photograph, not a radiograph"]
+        notes = [PHOTO_NOTE]
     else:
         notes = []
     return _to_gray8(img), width, height, notes

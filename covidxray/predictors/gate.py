@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("refuse", "warn", "off")
+from covidxray.imaging.prepare import PHOTO_NOTE, Prepared, to_tensor
+
 #: What each known kind of non-frontal input is called in messages.
 KIND_WORDS = {"ct": "a CT slice", "lateral": "a lateral chest view", "photo": "a colour photograph"}
-PHOTO_NOTE = "looks like a colour photograph, not a radiograph"
 
 
 @dataclass
@@ -109,12 +109,10 @@ class Guard:
         """True when the gate must run our model itself, before the backend is asked."""
         return self.runtime is not None
 
-    def check(self, prepared: Any, pooled: np.ndarray | None = None) -> Verdict:
-        """Judge one `imaging.Prepared` image, from the classifier's pooled features when given (else our
-        model runs on it, at its own input size)."""
+    def check(self, prepared: Prepared, pooled: np.ndarray | None = None) -> Verdict:
+        """Judge one prepared image, from the classifier's pooled features when given (else our model runs
+        on it, at its own input size)."""
         if pooled is None:
-            from covidxray.imaging.prepare import to_tensor
-
             size = self.runtime.info.input_size
             tensor = prepared.tensor if prepared.tensor.shape[0] == size else to_tensor(prepared.image, size)
             _, features = self.runtime.run(tensor[None])
@@ -144,18 +142,12 @@ def open_guard(mode: str, model_path: Path, runtime: Any = None) -> Guard | None
     return Guard(Gate.load(path), mode, runtime)
 
 
-def pooled_of_files(
-    runtime: Any, files: list[Path], batch_size: int = 16
-) -> tuple[np.ndarray, list[list[str]]]:
+def pooled_of_files(runtime: Any, files: list[Path]) -> tuple[np.ndarray, list[list[str]]]:
     """The pooled features of each file as the service computes them, and the decoder's notes."""
-    from covidxray.imaging.prepare import prepare
+    from covidxray.predictors.runtime import prepared_batches
 
     pooled, notes = [], []
-    for start in range(0, len(files), batch_size):
-        prepared = [
-            prepare(Path(f).read_bytes(), runtime.info.input_size) for f in files[start : start + batch_size]
-        ]
-        _, features = runtime.run(np.stack([p.tensor for p in prepared]))
+    for _, prepared, _, features in prepared_batches(runtime, files):
         pooled.append(features.mean(axis=(1, 2)))
         notes += [p.warnings for p in prepared]
     return np.concatenate(pooled), notes

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from covidxray.labels import LABELS
+
+if TYPE_CHECKING:
+    from covidxray.imaging.prepare import Prepared
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent.parent / "app-keras" / "model" / "covidxray-cnn.keras"
 LOGITS, FEATURES = "logits", "features"
@@ -48,7 +52,7 @@ class ModelInfo:
 class OnnxRuntime:
     """Runs the exported ONNX twin with onnxruntime (session.run is thread-safe)."""
 
-    def __init__(self, onnx_path: str | Path, info: ModelInfo, threads: int = 1):
+    def __init__(self, onnx_path: str | Path, info: ModelInfo, threads: int = 1, name: str = "onnx"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -56,7 +60,7 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         self.path = Path(onnx_path)
         self.info = info
-        self.name = "onnx-int8" if self.path.name.endswith(".int8.onnx") else "onnx"
+        self.name = name  # what /readyz and `evaluate` report: onnx (the float twin) or onnx-int8
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._weights: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -120,7 +124,9 @@ def load_runtime(
     files.setdefault("onnx-float", model_path.with_suffix(".onnx").name)
     if twin not in files:
         raise ValueError(f"the model at {model_path} has no {twin} twin; it has: {', '.join(sorted(files))}")
-    return OnnxRuntime(model_path.parent / files[twin], info, threads)
+    return OnnxRuntime(
+        model_path.parent / files[twin], info, threads, "onnx" if twin == "onnx-float" else twin
+    )
 
 
 def _onnx_output_weights(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +158,35 @@ def _onnx_output_weights(path: Path, n_classes: int) -> tuple[np.ndarray, np.nda
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
+def prepared_batches(
+    runtime: OnnxRuntime | KerasRuntime,
+    files: list[Path],
+    batch_size: int = 16,
+    errors: list[str | None] | None = None,
+) -> Iterator[tuple[list[int], list[Prepared], np.ndarray, np.ndarray]]:
+    """Decode `files` through `prepare` and run them batch by batch: yield (rows, prepared images, logits,
+    feature maps) for every batch of `batch_size` files (empty when none of them could be used). A file
+    that cannot be used is noted in `errors` (by row) when given, else it raises."""
+    from covidxray.errors import ApiError
+    from covidxray.imaging.prepare import prepare
+
+    size = runtime.info.input_size
+    for start in range(0, len(files), batch_size):
+        chunk, rows = [], []
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                chunk.append(prepare(Path(files[i]).read_bytes(), size))
+                rows.append(i)
+            except (ApiError, OSError) as exc:
+                if errors is None:
+                    raise
+                errors[i] = str(exc)
+        if chunk:
+            yield rows, chunk, *runtime.run(np.stack([p.tensor for p in chunk]))
+        else:
+            yield rows, chunk, np.zeros((0, len(runtime.info.labels)), np.float32), np.zeros((0, 1, 1, 1))
+
+
 def run_files(
     runtime: OnnxRuntime | KerasRuntime,
     files: list[Path],
@@ -163,27 +198,18 @@ def run_files(
     per-file messages of the OOD `gate` (a `gate.Guard`, if given) for the files it does not pass."""
     from tqdm import tqdm
 
-    from covidxray.errors import ApiError
-    from covidxray.imaging.prepare import prepare
-
-    size = runtime.info.input_size
     logits = np.full((len(files), len(runtime.info.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(files)
     refusals: list[str | None] = [None] * len(files)
     with tqdm(total=len(files), disable=not progress, unit="image") as bar:
-        for start in range(0, len(files), batch_size):
-            chunk, rows = [], []
-            for i in range(start, min(start + batch_size, len(files))):
-                try:
-                    chunk.append(prepare(Path(files[i]).read_bytes(), size))
-                    rows.append(i)
-                except (ApiError, OSError) as exc:
-                    errors[i] = str(exc)
-            if chunk:
-                logits[rows], features = runtime.run(np.stack([p.tensor for p in chunk]))
-                for row, prepared, maps in zip(rows, chunk, features, strict=True):
-                    verdict = gate and gate.check(prepared, maps.mean(axis=(0, 1)))
-                    if verdict and not verdict.passed:
-                        refusals[row] = verdict.message()
+        batches = prepared_batches(runtime, files, batch_size, errors)
+        for start, (rows, chunk, batch_logits, features) in zip(
+            range(0, len(files), batch_size), batches, strict=True
+        ):
+            logits[rows] = batch_logits
+            for row, prepared, maps in zip(rows, chunk, features, strict=True):
+                verdict = gate and gate.check(prepared, maps.mean(axis=(0, 1)))
+                if verdict and not verdict.passed:
+                    refusals[row] = verdict.message()
             bar.update(min(batch_size, len(files) - start))
     return logits, errors, refusals
