@@ -53,8 +53,9 @@ def predict_upload(
     clinical: dict[str, Any],
     subject: str | None = None,
     explain: bool = False,
+    source: str = "upload",
 ) -> PredictionRecord:
-    """Check, predict, store and log one upload; return its record.
+    """Check, predict, store and log one upload; return its record (`source`: how the image came).
 
     Undecodable input raises before anything is stored. An image that the gate refuses, and a
     backend failure, keep the image and a record (status `refused` or `backend_unavailable`),
@@ -88,6 +89,7 @@ def predict_upload(
         warnings=prepared.warnings + (outcome.warnings if outcome else []),
         clinical=clinical,
         dicom=prepared.dicom,
+        source=source,
     )
     if verdict is not None:
         record.ood_score, record.ood_threshold = round(verdict.score, 4), round(verdict.threshold, 4)

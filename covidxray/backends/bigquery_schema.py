@@ -24,6 +24,7 @@ SCHEMA = [
     SchemaField("warnings", "STRING", mode="REPEATED"),
     *(SchemaField(name, _TYPES.get(name, "INTEGER")) for name in (*CLINICAL_FIELDS, *DICOM_FIELDS)),
     SchemaField("heatmap_uri", "STRING"),
+    SchemaField("source", "STRING"),
 ]
 AUDIT_SCHEMA = [
     SchemaField("at", "TIMESTAMP", mode="REQUIRED"),
@@ -55,6 +56,7 @@ def from_row(row: Any) -> PredictionRecord:
     return PredictionRecord(
         **plain,
         heatmap_uri=data.get("heatmap_uri"),
+        source=data.get("source") or "upload",
         probabilities=probs or None,
         warnings=list(data.get("warnings") or []),
         clinical={name: data[name] for name in CLINICAL_FIELDS if data.get(name) is not None},

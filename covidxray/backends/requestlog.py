@@ -52,6 +52,7 @@ class PredictionRecord:
     heatmap_uri: str | None = None
     ood_score: float | None = None  # the gate's score (higher: less like a frontal chest film)
     ood_threshold: float | None = None  # the gate's threshold when it judged
+    source: str = "upload"  # how the image came: upload (form, API), dicom (DIMSE), stow (STOW-RS)
 
 
 class RequestLog(ABC):
@@ -122,6 +123,9 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE predictions ADD COLUMN ood_score REAL;
     ALTER TABLE predictions ADD COLUMN ood_threshold REAL;
+    """,
+    """
+    ALTER TABLE predictions ADD COLUMN source TEXT NOT NULL DEFAULT 'upload';
     """,
 ]
 DICOM_FIELDS = ("modality", "view_position", "bits_stored")

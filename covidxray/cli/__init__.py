@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from covidxray.cli import evaluate, model, predict, service
+from covidxray.cli import dicom, evaluate, model, predict, service
 
 
 @click.group()
@@ -21,5 +21,6 @@ for command in (
     service.token,
     service.automl_emulator,
     service.bigquery_init,
+    dicom.dicom_listen,
 ):
     main.add_command(command)

@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from covidxray.backends.buffered import wrap_cloud_backends
 from covidxray.backends.registry import open_image_store, open_request_log
+from covidxray.dicomnode.results import open_results
 from covidxray.predictors.base import Predictor
 from covidxray.predictors.factory import make_predictor
 from covidxray.predictors.gate import Guard, open_guard
@@ -64,6 +65,10 @@ def create_app(
     if outbox is not None:  # cloud backends: writes go through the local outbox, shipped in the background
         app.extensions["covidxray.outbox"] = outbox
         outbox.start()
+    sender = open_results(settings)  # COVIDXRAY_DICOM_DESTINATION: SR and SC back to the PACS
+    if sender is not None:
+        app.extensions["covidxray.dicom"] = sender
+        sender.start()
     if settings.retention_days is not None:
         start_sweeper(services, settings.retention_days)
     csrf = CSRFProtect(app)
