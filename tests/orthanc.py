@@ -28,9 +28,7 @@ PEER_AE = "COVIDXRAY"
 
 def orthanc_binary() -> str | None:
     """Orthanc's executable, if Debian's package is installed."""
-    return shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-    )
+    return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 
 
 def dicomweb_plugin() -> str | None:

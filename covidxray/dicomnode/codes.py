@@ -26,7 +26,7 @@ NO_UNITS = CodedConcept("1", "UCUM", "no units")
 
 #: predicted class -> (scheme, code, meaning)
 FINDINGS: dict[str, tuple[str, str, str]] = {
-    "covid": ("SCT", "840539006", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+    "covid": ("SCT", "840539006", "COVID-19"),
     "pneumonia": ("SCT", "233604007", "Pneumonia"),
     "normal": ("SCT", "17621005", "Normal"),
     UNCERTAIN: (SCHEME, "uncertain", "Uncertain: no class reached the threshold"),

@@ -17,9 +17,8 @@ import uuid
 from dataclasses import dataclass
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from covidxray.settings import ConfigError
 

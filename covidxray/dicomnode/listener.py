@@ -23,13 +23,13 @@ import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import (
+from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     SecondaryCaptureImageStorage,
-    Verification,
 )
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from covidxray.dicomnode.intake import receive
@@ -44,6 +44,7 @@ STORAGE_CLASSES = (
     DigitalXRayImageStorageForPresentation,
     SecondaryCaptureImageStorage,
 )
+VERIFICATION = UID("1.2.840.10008.1.1")
 MAX_ASSOCIATIONS = 32
 STATUSES = {
     "unsupported_modality": 0xA900,
@@ -64,11 +65,11 @@ def make_ae(ae_title: str, allowed_aes: tuple[str, ...]) -> AE:
     ae.require_calling_aet = list(allowed_aes)
     for sop_class in STORAGE_CLASSES:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     return ae
 
 
-def store_status(services: Services, sender: ResultSender | None, event: Any) -> Dataset:
+def store_status(event: Any, services: Services, sender: ResultSender | None) -> Dataset:
     """Handle one C-STORE: the use case, then a status dataset (with an ErrorComment on failure)."""
     status = Dataset()
     calling = str(event.assoc.requestor.ae_title).strip()
@@ -96,7 +97,8 @@ def start(
 ) -> ThreadedAssociationServer:
     """Listen on host:port in background threads; the caller shuts the returned server down."""
     ae = make_ae(ae_title, allowed)
-    handlers = [(evt.EVT_C_STORE, store_status, [services, sender])]
+    handlers: list[Any] = [(evt.EVT_C_STORE, store_status, [services, sender])]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    assert server is not None  # not blocking: the server is returned
     log.info("dicom listener started", extra={"port": port, "allow_list": bool(allowed)})
     return server

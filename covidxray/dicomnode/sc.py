@@ -6,8 +6,6 @@ highdicom does not reference the source image itself, so the `SourceImageSequenc
 
 from __future__ import annotations
 
-import io
-
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -48,15 +46,12 @@ def with_margin(picture: Image.Image, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def build_sc(
-    source: Dataset, record: PredictionRecord, overlay_png: bytes | None, rendered: Image.Image
-) -> Dataset:
+def build_sc(source: Dataset, record: PredictionRecord, picture: Image.Image) -> Dataset:
     """The secondary capture of one prediction about `source` (which keeps its identifiers).
 
-    `overlay_png`: the class activation map drawn over the image (None: the backend gives none,
-    and `rendered`, the display-ready image, is shown alone).
+    `picture`: the class activation map drawn over the image (or the image alone, when the
+    backend gives no map).
     """
-    picture = Image.open(io.BytesIO(overlay_png)) if overlay_png else rendered
     pixels = with_margin(picture, caption(record))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
