@@ -88,7 +88,8 @@ def predict_upload(
         subject=subject,
         warnings=prepared.warnings + (outcome.warnings if outcome else []),
         clinical=clinical,
-        dicom=prepared.dicom,
+        # the source study's UID is kept only for what came from a PACS (the FHIR ImagingStudy link)
+        dicom={k: v for k, v in prepared.dicom.items() if k != "study_uid" or source != "upload"},
         source=source,
     )
     if verdict is not None:

@@ -16,7 +16,12 @@ _REQUIRED |= {"status": _S, "image_uri": _S, "sha256": _S, "format": _S, "size_b
 _REQUIRED |= {"height": _I, "latency_ms": _F}
 _NULLABLE = {"subject": "STRING", "predicted_class": "STRING", "score": "FLOAT"}
 _NULLABLE |= {"ood_score": "FLOAT", "ood_threshold": "FLOAT"}
-_TYPES = {"sex": "STRING", "modality": "STRING", "view_position": "STRING"}  # other clinical/DICOM: INTEGER
+_TYPES = {
+    "sex": "STRING",
+    "modality": "STRING",
+    "view_position": "STRING",
+    "study_uid": "STRING",
+}  # other clinical/DICOM: INTEGER
 SCHEMA = [
     *(SchemaField(name, kind, mode="REQUIRED") for name, kind in _REQUIRED.items()),
     *(SchemaField(name, kind) for name, kind in _NULLABLE.items()),

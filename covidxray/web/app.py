@@ -18,7 +18,7 @@ from covidxray.predictors.gate import Guard, open_guard
 from covidxray.retention import start_sweeper
 from covidxray.service import Services
 from covidxray.settings import Settings
-from covidxray.web import api, docs, errorhandlers, history, metrics, pages, security
+from covidxray.web import api, dicomweb, docs, errorhandlers, history, metrics, pages, security
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ def create_app(
         start_sweeper(services, settings.retention_days)
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
+    csrf.exempt(dicomweb.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(dicomweb.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(history.bp)
     errorhandlers.init_app(app)
