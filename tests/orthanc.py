@@ -106,11 +106,12 @@ def configuration(folder: Path, orthanc: Orthanc, plugin: str) -> dict[str, Any]
 
 
 @contextmanager
-def running_orthanc(folder: Path, binary: str, plugin: str) -> Iterator[Orthanc]:
-    """Start Orthanc on free loopback ports; yield once its REST API answers; stop it."""
+def running_orthanc(folder: Path, binary: str, plugin: str, **extra: Any) -> Iterator[Orthanc]:
+    """Start Orthanc on free loopback ports (`extra`: more configuration); yield once its REST API
+    answers; stop it."""
     orthanc = Orthanc(http_port=free_port(), dicom_port=free_port(), peer_port=free_port())
     config = folder / "orthanc.json"
-    config.write_text(json.dumps(configuration(folder, orthanc, plugin), indent=2))
+    config.write_text(json.dumps({**configuration(folder, orthanc, plugin), **extra}, indent=2))
     log = folder / "orthanc.log"
     with log.open("wb") as out:
         process = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,17 +49,22 @@ def node_settings(settings: Settings, orthanc: Orthanc) -> Settings:
     )
 
 
-@pytest.fixture
-def node(node_settings: Settings, predictor: KerasPredictor, orthanc: Orthanc) -> Iterator[Node]:
-    """Our listener on the port Orthanc knows us by, its services and its result sender."""
-    app = create_app(backend="keras", settings=node_settings, predictor=predictor)
+@contextmanager
+def running_node(settings: Settings, predictor: KerasPredictor, port: int) -> Iterator[Node]:
+    """Our listener on `port`, with the services and result sender of `settings`."""
+    app = create_app(backend="keras", settings=settings, predictor=predictor)
     services, sender = app.extensions["covidxray"], app.extensions["covidxray.dicom"]
-    server = listener.start(
-        services, sender, "127.0.0.1", orthanc.peer_port, PEER_AE, services.settings.dicom_allowed_aes
-    )
-    orthanc.clear()
+    server = listener.start(services, sender, "127.0.0.1", port, PEER_AE, services.settings.dicom_allowed_aes)
     try:
-        yield Node(services, sender, orthanc.peer_port)
+        yield Node(services, sender, port)
     finally:
         server.shutdown()
         sender.stop(drain_seconds=0)
+
+
+@pytest.fixture
+def node(node_settings: Settings, predictor: KerasPredictor, orthanc: Orthanc) -> Iterator[Node]:
+    """Our listener on the port Orthanc knows us by, its services and its result sender."""
+    orthanc.clear()
+    with running_node(node_settings, predictor, orthanc.peer_port) as running:
+        yield running

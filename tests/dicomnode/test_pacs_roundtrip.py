@@ -22,11 +22,11 @@ from covidxray.dicomnode.intake import receive
 from covidxray.local_gunicorn import free_port
 from covidxray.predictors.keras import KerasPredictor
 from covidxray.settings import Settings
-from tests.dicomnode.conftest import Node
+from tests.dicomnode.conftest import Node, running_node
 from tests.dicomnode.films import PATIENT, cr_dataset, sample_pixels, to_bytes
 from tests.dicomnode.relay import Relay
 from tests.dicomnode.scu import store
-from tests.orthanc import AE_TITLE, PEER, Orthanc
+from tests.orthanc import AE_TITLE, PEER, Orthanc, dicomweb_plugin, orthanc_binary, running_orthanc
 
 pytestmark = pytest.mark.pacs
 
@@ -141,3 +141,30 @@ def test_twenty_associations_of_five_images_all_answered_all_results_once(
     found = results_in(orthanc, study)
     assert {k: len(set(v)) for k, v in found.items()} == {SR_CLASS: 100, SC_CLASS: 100}
     assert {k: len(v) for k, v in found.items()} == {SR_CLASS: 100, SC_CLASS: 100}
+
+
+def test_readme_lua_script_routes_a_chest_film_once(
+    settings: Settings, predictor: KerasPredictor, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """deploy/orthanc/route-to-covidxray.lua in a PACS of its own: the CR goes out once, results come back."""
+    script = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-to-covidxray.lua"
+    folder = tmp_path_factory.mktemp("orthanc-lua")
+    extra = {"LuaScripts": [str(script)], "UserMetadata": {"CovidxraySent": 4500}}
+    with running_orthanc(folder, orthanc_binary() or "", dicomweb_plugin() or "", **extra) as pacs:
+        routed = replace(
+            settings,
+            dicom_destination=f"dimse://{AE_TITLE}@127.0.0.1:{pacs.dicom_port}",
+            dicom_allowed_aes=(AE_TITLE,),
+        )
+        with running_node(routed, predictor, pacs.peer_port) as node:
+            source = cr_dataset()
+            pacs.post("/instances", to_bytes(source))
+            study = str(source.StudyInstanceUID)
+            wait_for(lambda: len(results_in(pacs, study)) == 3, timeout=60)  # CR, SR, SC
+            time.sleep(3)  # the study turns stable again with the results: nothing more is sent
+            found = results_in(pacs, study)
+            assert {k: len(v) for k, v in found.items() if k in (SR_CLASS, SC_CLASS)} == {
+                SR_CLASS: 1,
+                SC_CLASS: 1,
+            }
+            assert node.services.log.count() == 1  # type: ignore[attr-defined]
