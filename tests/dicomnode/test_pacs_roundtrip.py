@@ -168,3 +168,19 @@ def test_readme_lua_script_routes_a_chest_film_once(
                 SC_CLASS: 1,
             }
             assert node.services.log.count() == 1  # type: ignore[attr-defined]
+
+
+def test_results_go_by_stow_rs_to_a_dicomweb_destination(
+    settings: Settings, predictor: KerasPredictor, orthanc: Orthanc
+) -> None:
+    stow = replace(settings, dicom_destination=f"dicomweb+{orthanc.dicomweb}")
+    app = create_app(settings=stow, predictor=predictor)
+    services, sender = app.extensions["covidxray"], app.extensions["covidxray.dicom"]
+    source = cr_dataset()
+    try:
+        receive(services, sender, to_bytes(source), subject="ae:TEST", source="dicom")
+        wait_for(lambda: sender.pending() == 0, timeout=30)
+    finally:
+        sender.stop(drain_seconds=0)
+    found = results_in(orthanc, str(source.StudyInstanceUID))
+    assert {k: len(v) for k, v in found.items()} == {SR_CLASS: 1, SC_CLASS: 1}
