@@ -50,7 +50,9 @@ def bands(width: int, height: int) -> dict[str, tuple[int, int, int, int]]:
 def suspect_bands(image: Image.Image) -> list[str]:
     """The bands whose thumbnail holds many more sharp edges (glyph-like) than its centre; a few ms."""
     grey = image if image.mode == "L" else image.convert("L")
-    small = grey.reduce(max(1, max(grey.size) // 256))  # a box filter: ~1 ms even for large films
+    grey = grey.reduce(max(1, max(grey.size) // 512))  # a box filter first: ~1 ms even for large films
+    scale = 256 / max(grey.size)
+    small = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))))
     a = np.asarray(small, dtype=np.float32)
     grad = np.zeros_like(a)
     grad[:, :-1] += np.abs(np.diff(a, axis=1))
