@@ -10,6 +10,7 @@ from __future__ import annotations
 import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
 from covidxray.backends.requestlog import PredictionRecord
@@ -47,7 +48,17 @@ def build_sr(source: Dataset, record: PredictionRecord, device_uid: str) -> hd.s
         manufacturer_model_name=record.model_name,
         software_versions=record.model_version,
     )
+    sr.CodingSchemeIdentificationSequence = Sequence([_private_scheme()])
     return sr
+
+
+def _private_scheme() -> Dataset:
+    """Declares our own coding scheme (PS3.3 C.12.1.1.4), used where SNOMED CT has no concept."""
+    item = Dataset()
+    item.CodingSchemeDesignator = ours.SCHEME
+    item.CodingSchemeName = "covidxray result codes"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
 
 
 def _observation_context(record: PredictionRecord, device_uid: str) -> hd.sr.ObservationContext:
