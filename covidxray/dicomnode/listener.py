@@ -96,6 +96,7 @@ def start(
     allowed: tuple[str, ...],
 ) -> ThreadedAssociationServer:
     """Listen on host:port in background threads; the caller shuts the returned server down."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name SOP instances
     ae = make_ae(ae_title, allowed)
     handlers: list[Any] = [(evt.EVT_C_STORE, store_status, [services, sender])]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)

@@ -114,8 +114,6 @@ def open_results(settings: Settings) -> ResultSender | None:
     return ResultSender(settings) if settings.dicom_destination else None
 
 
-def describe(sender: ResultSender | None) -> dict[str, object]:
-    """The sender's state for /readyz: destination scheme and queue depth, never the host."""
-    if sender is None:
-        return {"destination": None}
+def describe(sender: ResultSender) -> dict[str, object]:
+    """For /readyz: the destination's kind and the queue's depth and age (never the host)."""
     return {"destination": "dimse" if sender.destination.dimse else "dicomweb", **sender.outbox.state()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
 from covidxray.backends.requestlog import PredictionRecord
@@ -48,7 +47,7 @@ def build_sr(source: Dataset, record: PredictionRecord, device_uid: str) -> hd.s
         manufacturer_model_name=record.model_name,
         software_versions=record.model_version,
     )
-    sr.CodingSchemeIdentificationSequence = Sequence([_private_scheme()])
+    sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     return sr
 
 

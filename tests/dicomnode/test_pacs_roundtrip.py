@@ -113,6 +113,10 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once(
     time.sleep(1.5)  # the sender tries, fails and backs off
     assert sender.pending() == 2
     assert results_in(orthanc, str(source.StudyInstanceUID)) == {}
+    ready = app.test_client().get("/readyz")  # the queue is told, never judged
+    assert ready.status_code == 200
+    assert ready.get_json()["dicom_results"]["destination"] == "dimse"
+    assert ready.get_json()["dicom_results"]["depth"] == 2
     relay = Relay(port, ("127.0.0.1", orthanc.dicom_port))
     relay.start()
     try:
