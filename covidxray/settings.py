@@ -18,7 +18,7 @@ MIN_SECRET_BYTES = 32
 OOD_MODES = ("refuse", "warn", "off")
 #: COVIDXRAY_BURNED_IN: what is done with text burnt into an image's pixels
 BURNED_IN_MODES = ("redact", "refuse", "keep")
-DICOM_DESTINATION_PREFIXES = ("dimse://", "dicomweb+http://", "dicomweb+https://")
+DICOM_DESTINATION_PREFIXES = ("dimse://", "dimse+tls://", "dicomweb+http://", "dicomweb+https://")
 
 
 class ConfigError(RuntimeError):
@@ -44,6 +44,11 @@ def _float(name: str, default: float) -> float:
         return float(raw) if raw is not None else default
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _path(name: str) -> Path | None:
+    raw = _env(name)
+    return Path(raw) if raw else None
 
 
 def parse_keys(raw: str) -> dict[str, str]:
@@ -90,6 +95,9 @@ class Settings:
     dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles the listener accepts (empty: any)
     dicom_destination: str | None = None  # dimse://AE@host:port or dicomweb+http(s)://host:port/path
     burned_in: str = "redact"  # text burnt into pixels: redact | refuse | keep
+    dicom_tls_cert: Path | None = None  # the listener's certificate chain (PEM): DIMSE over TLS
+    dicom_tls_key: Path | None = None  # its private key (PEM)
+    dicom_tls_ca: Path | None = None  # CAs whose client certificates the listener requires (mutual TLS)
 
     @property
     def production(self) -> bool:
@@ -143,6 +151,9 @@ class Settings:
             ),
             dicom_destination=_env("COVIDXRAY_DICOM_DESTINATION"),
             burned_in=(_env("COVIDXRAY_BURNED_IN", "redact") or "redact").lower(),
+            dicom_tls_cert=_path("COVIDXRAY_DICOM_TLS_CERT"),
+            dicom_tls_key=_path("COVIDXRAY_DICOM_TLS_KEY"),
+            dicom_tls_ca=_path("COVIDXRAY_DICOM_TLS_CA"),
         )
         return replace(settings, **overrides)
 
@@ -177,6 +188,8 @@ class Settings:
             raise ConfigError(
                 "COVIDXRAY_DICOM_DESTINATION must start with " + ", ".join(DICOM_DESTINATION_PREFIXES)
             )
+        if bool(self.dicom_tls_cert) != bool(self.dicom_tls_key):
+            raise ConfigError("COVIDXRAY_DICOM_TLS_CERT and COVIDXRAY_DICOM_TLS_KEY go together")
         if self.production and not self.dicom_allowed_aes:
             log.warning("COVIDXRAY_DICOM_ALLOWED_AES is empty: the DICOM listener accepts any calling AE")
 

@@ -19,7 +19,7 @@ def dicom_listen(host: str, port: int, ae_title: str | None, backend: str) -> No
     """Receive radiographs from a PACS (DIMSE C-STORE), predict, send SR and SC results back."""
     from dataclasses import replace
 
-    from covidxray.dicomnode.listener import start
+    from covidxray.dicomnode.listener import start, tls_context
     from covidxray.settings import ConfigError, Settings
     from covidxray.web.app import create_app
 
@@ -31,8 +31,9 @@ def dicom_listen(host: str, port: int, ae_title: str | None, backend: str) -> No
         raise click.ClickException(str(exc)) from exc
     services, sender = app.extensions["covidxray"], app.extensions.get("covidxray.dicom")
     settings = services.settings
-    server = start(services, sender, host, port, settings.dicom_ae_title, settings.dicom_allowed_aes)
-    click.echo(f"listening as {settings.dicom_ae_title} on {host}:{port}", err=True)
+    allowed, tls = settings.dicom_allowed_aes, tls_context(settings)
+    server = start(services, sender, host, port, settings.dicom_ae_title, allowed, tls)
+    click.echo(f"listening as {settings.dicom_ae_title} on {host}:{port}{' (TLS)' if tls else ''}", err=True)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -1,6 +1,7 @@
 """Where results go (`COVIDXRAY_DICOM_DESTINATION`) and how one batch of DICOM files is sent there.
 
-`dimse://AE@host:port` (C-STORE over one association per batch) or `dicomweb+http://host:port/path`
+`dimse://AE@host:port` (C-STORE over one association per batch; `dimse+tls://…` over TLS, trusting
+COVIDXRAY_DICOM_TLS_CA or the system's CAs and presenting our certificate when one is set) or `dicomweb+http://host:port/path`
 (`dicomweb+https://…`: STOW-RS to `<path>/studies`). Each send answers, per file, None (delivered)
 or why it failed; the outbox retries the failed ones later.
 """
@@ -11,6 +12,7 @@ import io
 import json
 import logging
 import re
+import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -20,12 +22,12 @@ import pydicom
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE
 
-from covidxray.settings import ConfigError
+from covidxray.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 30.0
-_DIMSE = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})$")
+_DIMSE = re.compile(r"^dimse(?P<tls>\+tls)?://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})$")
 _DICOMWEB = re.compile(r"^dicomweb\+(?P<url>https?://[^/]+(/.*)?)$")
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the warnings that still stored it
 _RESULT_CLASSES = (ComprehensiveSRStorage, SecondaryCaptureImageStorage)
@@ -40,6 +42,7 @@ class Destination:
     host: str = ""
     port: int = 0
     url: str = ""
+    tls: bool = False
 
     @property
     def dimse(self) -> bool:
@@ -52,28 +55,44 @@ def parse_destination(uri: str) -> Destination:
     if match := _DIMSE.match(uri):
         port = int(match["port"])
         if 0 < port < 65536:
-            return Destination(uri, ae_title=match["ae"].strip(), host=match["host"], port=port)
+            ae, host = match["ae"].strip(), match["host"]
+            return Destination(uri, ae_title=ae, host=host, port=port, tls=bool(match["tls"]))
     if match := _DICOMWEB.match(uri):
         return Destination(uri, url=match["url"].rstrip("/"))
     raise ConfigError(
-        "COVIDXRAY_DICOM_DESTINATION must be dimse://AE@host:port, dicomweb+http://host:port/path "
-        f"or dicomweb+https://host:port/path; got {uri!r}"
+        "COVIDXRAY_DICOM_DESTINATION must be dimse://AE@host:port, dimse+tls://AE@host:port, "
+        f"dicomweb+http://host:port/path or dicomweb+https://host:port/path; got {uri!r}"
     )
 
 
-def send(destination: Destination, files: list[bytes], calling_ae: str) -> list[str | None]:
+def client_context(settings: Settings) -> ssl.SSLContext:
+    """TLS for result C-STOREs: the peer checked against COVIDXRAY_DICOM_TLS_CA (else the system's
+    CAs), our certificate presented when COVIDXRAY_DICOM_TLS_CERT is set."""
+    context = ssl.create_default_context(cafile=settings.dicom_tls_ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.dicom_tls_cert and settings.dicom_tls_key:
+        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+    return context
+
+
+def send(
+    destination: Destination, files: list[bytes], calling_ae: str, tls: ssl.SSLContext | None = None
+) -> list[str | None]:
     """Send `files` (DICOM files) to `destination`; per file None (delivered) or the failure."""
     if destination.dimse:
-        return _c_store(destination, files, calling_ae)
+        return _c_store(destination, files, calling_ae, tls if destination.tls else None)
     return _stow(destination, files)
 
 
-def _c_store(destination: Destination, files: list[bytes], calling_ae: str) -> list[str | None]:
+def _c_store(
+    destination: Destination, files: list[bytes], calling_ae: str, tls: ssl.SSLContext | None
+) -> list[str | None]:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     for sop_class in _RESULT_CLASSES:
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = (tls, destination.host) if tls is not None else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return ["association refused or peer unreachable"] * len(files)
     reasons: list[str | None] = []

@@ -20,6 +20,7 @@ Nothing is stored for 0xA900 and 0xC000; the listener keeps serving after any of
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -36,6 +37,7 @@ from covidxray.dicomnode.intake import receive
 from covidxray.dicomnode.results import ResultSender
 from covidxray.errors import ApiError
 from covidxray.service import Services
+from covidxray.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,19 @@ def store_status(event: Any, services: Services, sender: ResultSender | None) ->
     return status
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context (None: plain DIMSE); with a CA, clients must present a certificate."""
+    if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+    if settings.dicom_tls_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(settings.dicom_tls_ca)
+    return context
+
+
 def start(
     services: Services,
     sender: ResultSender | None,
@@ -94,12 +109,13 @@ def start(
     port: int,
     ae_title: str,
     allowed: tuple[str, ...],
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
-    """Listen on host:port in background threads; the caller shuts the returned server down."""
+    """Listen on host:port (over TLS with `tls`) in background threads; the caller shuts it down."""
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name SOP instances
     ae = make_ae(ae_title, allowed)
     handlers: list[Any] = [(evt.EVT_C_STORE, store_status, [services, sender])]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
     assert server is not None  # not blocking: the server is returned
-    log.info("dicom listener started", extra={"port": port, "allow_list": bool(allowed)})
+    log.info("dicom listener started", extra={"port": port, "allow_list": bool(allowed), "tls": bool(tls)})
     return server

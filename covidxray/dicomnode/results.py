@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from covidxray.backends.outbox import Item, Outbox
 from covidxray.backends.requestlog import PredictionRecord
-from covidxray.dicomnode.destination import Destination, parse_destination, send
+from covidxray.dicomnode.destination import Destination, client_context, parse_destination, send
 from covidxray.dicomnode.sc import build_sc
 from covidxray.dicomnode.sr import build_sr
 from covidxray.settings import Settings
@@ -39,6 +39,7 @@ class ResultSender:
     def __init__(self, settings: Settings, max_delay: float = 60.0):
         assert settings.dicom_destination, "no COVIDXRAY_DICOM_DESTINATION"
         self.destination: Destination = parse_destination(settings.dicom_destination)
+        self.tls = client_context(settings) if self.destination.tls else None
         self.ae_title = settings.dicom_ae_title
         self.device_uid = hd.UID()
         path = settings.data_dir / "dicom-outbox.sqlite3"
@@ -75,7 +76,7 @@ class ResultSender:
 
     def _send(self, items: list[Item]) -> list[str | None]:
         try:
-            return send(self.destination, [bytes(item.body) for item in items], self.ae_title)
+            return send(self.destination, [bytes(item.body) for item in items], self.ae_title, self.tls)
         except Exception as exc:  # a peer that speaks nonsense: retried like one that is down
             return [type(exc).__name__] * len(items)
 

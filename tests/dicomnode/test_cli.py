@@ -64,6 +64,7 @@ def test_dicom_listen_answers_echo_and_store_then_stops_on_sigterm(tmp_path: Pat
         ({"COVIDXRAY_DICOM_ALLOWED_AES": "GOOD,BAD\\AE"}, "AE title"),
         ({"COVIDXRAY_DICOM_DESTINATION": "ftp://pacs"}, "COVIDXRAY_DICOM_DESTINATION"),
         ({"COVIDXRAY_BURNED_IN": "blur"}, "COVIDXRAY_BURNED_IN"),
+        ({"COVIDXRAY_DICOM_TLS_CERT": "/etc/ssl/node.pem"}, "COVIDXRAY_DICOM_TLS_KEY"),
     ],
 )
 def test_bad_dicom_settings_are_refused(monkeypatch, tmp_path, env: dict[str, str], message: str) -> None:
