@@ -81,7 +81,8 @@ def store_parts(
 ) -> StowOutcome:
     """Predict each DICOM part; a failure of one part never stops the others."""
     outcome = StowOutcome()
-    for kind, payload in parts:
+    for kind, raw in parts:
+        payload = as_part10(raw)
         sop_class, sop_instance = _uids(payload)
         if kind != DICOM:
             outcome.failed.append((sop_class, sop_instance, CANNOT_UNDERSTAND))
@@ -95,6 +96,14 @@ def store_parts(
             log.exception("stow part failed")
             outcome.failed.append((sop_class, sop_instance, INTERNAL))
     return outcome
+
+
+def as_part10(payload: bytes) -> bytes:
+    """A part that starts with its file meta group but lacks the preamble and `DICM` (as pydicom
+    writes a dataset not read from a file, and some clients send it) as a PS3.10 file."""
+    if payload[128:132] != b"DICM" and payload[:2] == b"\x02\x00":  # group 0002, little endian
+        return bytes(128) + b"DICM" + payload
+    return payload
 
 
 def _uids(payload: bytes) -> tuple[str, str]:

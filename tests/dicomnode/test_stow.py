@@ -120,3 +120,14 @@ def test_stow_is_in_the_openapi_document(client: FlaskClient) -> None:
     paths = client.get("/api/openapi.json").get_json()["paths"]
     assert "post" in paths["/dicomweb/studies"]
     assert "get" in paths["/api/v1/predictions/{request_id}/fhir"]
+
+
+def test_a_part_without_preamble_is_read_as_a_dicom_file(client: FlaskClient, auth) -> None:
+    import io
+
+    import pydicom
+
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, cr_dataset())  # file meta, but no preamble and no DICM (as some clients send)
+    assert out.getvalue()[128:132] != b"DICM"
+    assert post(client, multipart(("application/dicom", out.getvalue())), auth).status_code == 200
