@@ -1,9 +1,10 @@
 """Text burnt into the pixels (PS3.15 "clean pixel data"): found with Tesseract, blacked out in the
 stored copy only (the model sees the original pixels).
 
-Kept off the hot path: Tesseract reads only the margin bands (the outer fifth on each side) whose
-thumbnail holds glyph-like sharp edges, or all four bands of a DICOM that declares
-`BurnedInAnnotation = YES`. Each band is read twice, binarised for light-on-dark and for
+Kept off the hot path: a screen of a few ms finds the margin bands (the outer fifth of each side)
+whose 512 px thumbnail holds a window dense with glyph-like sharp edges (a line of text at least
+about 1/70 of the width high); Tesseract reads only those, or all four bands of a DICOM that
+declares `BurnedInAnnotation = YES`. Each band is read twice, binarised for light-on-dark and for
 dark-on-light text. A word found blacks out its whole text line (the run of same-polarity pixels
 around it), so that a word Tesseract half-read on that line goes too. What it misses: text
 inside the image (away from the margins), text of mid-grey on mid-grey, handwriting, and text
@@ -21,8 +22,10 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 BAND = 0.2  # the outer share of each side that is read
-EDGE = 80  # a "sharp" step between neighbouring thumbnail pixels (0-255)
-GLYPHS = 0.07  # the share of sharp pixels in a band third that looks like text
+SCREEN = 512  # the screen's thumbnail, long side
+WINDOW = (12, 40)  # a thumbnail window about one line of glyphs high (rows, columns)
+EDGE = 60  # a "sharp" step between neighbouring thumbnail pixels (0-255)
+GLYPHS = 0.33  # the share of sharp pixels in a window that looks like a line of text
 LIGHT, DARK = 235, 20  # what counts as burnt-in white and black
 MIN_CONFIDENCE = 55
 TARGET = 300  # a band's short side is read at about this many pixels
@@ -48,26 +51,36 @@ def bands(width: int, height: int) -> dict[str, tuple[int, int, int, int]]:
 
 
 def suspect_bands(image: Image.Image) -> list[str]:
-    """The bands whose thumbnail holds many more sharp edges (glyph-like) than its centre; a few ms."""
+    """The bands where a small window of a 512 px thumbnail is dense with sharp edges, as a line of
+    glyphs is, while the centre is not (noise is sharp everywhere); a few ms."""
     grey = image if image.mode == "L" else image.convert("L")
-    grey = grey.reduce(max(1, max(grey.size) // 512))  # a box filter first: ~1 ms even for large films
-    scale = 256 / max(grey.size)
-    small = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))))
-    a = np.asarray(small, dtype=np.float32)
-    grad = np.zeros_like(a)
-    grad[:, :-1] += np.abs(np.diff(a, axis=1))
-    grad[:-1, :] += np.abs(np.diff(a, axis=0))
-    strong = grad > EDGE
-    h, w = strong.shape
-    centre = float(strong[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean())  # noise is sharp there too
+    grey = grey.reduce(max(1, max(grey.size) // SCREEN))  # a box filter first: cheap for large films
+    if max(grey.size) != SCREEN:  # small ones are enlarged, so that a window means the same everywhere
+        scale = SCREEN / max(grey.size)
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))))
+    a = np.asarray(grey, dtype=np.int16)
+    strong = np.zeros(a.shape, dtype=np.int16)
+    strong[:, :-1] = np.abs(np.diff(a, axis=1))
+    strong[:-1, :] += np.abs(np.diff(a, axis=0))
+    density = _window_density(strong > EDGE, WINDOW)
+    h, w = density.shape
+    if not h or not w or float(density[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].max()) >= GLYPHS:
+        return []  # tiny, or glyph-dense in the middle too: noise or a photograph, not burnt-in text
     found = []
-    for name, (left, top, right, bottom) in bands(strong.shape[1], strong.shape[0]).items():
-        band = strong[top:bottom, left:right]
-        thirds = np.array_split(band, 3, axis=1 if name in ("top", "bottom") else 0)
-        busiest = max(float(third.mean()) for third in thirds if third.size)
-        if busiest >= GLYPHS and busiest >= 3 * centre:
+    for name, (left, top, right, bottom) in bands(a.shape[1], a.shape[0]).items():
+        region = density[top : min(h, bottom), left : min(w, right)]
+        if region.size and float(region.max()) >= GLYPHS:
             found.append(name)
     return found
+
+
+def _window_density(strong: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """The share of sharp pixels in each `window`-sized box (top-left anchored), by an integral image."""
+    wh, ww = window
+    if strong.shape[0] < wh or strong.shape[1] < ww:
+        return np.zeros((0, 0), dtype=np.float32)
+    ii = np.pad(strong.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return (ii[wh:, ww:] - ii[:-wh, ww:] - ii[wh:, :-ww] + ii[:-wh, :-ww]) / (wh * ww)  # type: ignore[no-any-return]
 
 
 def find_text(image: Image.Image, names: list[str]) -> Finding:

@@ -67,6 +67,7 @@ def redact(prepared: Prepared, kept: bytes, finding: Finding) -> bytes:
 
 
 def _declared(kept: bytes) -> bool:
+    """Whether a DICOM copy says BurnedInAnnotation = YES."""
     try:
         ds = pydicom.dcmread(io.BytesIO(kept), stop_before_pixels=True)
         return str(ds.get("BurnedInAnnotation") or "").upper() == "YES"
