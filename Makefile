@@ -85,9 +85,12 @@ soak: install
 
 # The benchmark (not part of `make test`): the service as production runs it, side by side with the
 # original design; writes bench/results.json and bench/RESULTS.md.
+# BASELINE: a git ref whose code and model are timed beside today's in the same run (empty: none);
+# 1aeae4e is the last commit before the fast decoders and int8 serving.
+BASELINE ?= 1aeae4e
 bench: install
 	@if ! command -v wrk >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
 	  else echo "wrk is missing: run as root to install it (apt-get install wrk), or run python -m bench --quick"; exit 1; fi; \
 	fi
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(BASELINE),--baseline $(BASELINE))
