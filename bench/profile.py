@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -30,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def record(image_name: str, seconds: int, out: Path, rate: int) -> None:
     """Serve, load, and write py-spy's flame graph of one worker to `out`."""
-    py_spy = shutil.which("py-spy")
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         raise SystemExit("py-spy is missing: make install puts it in the virtual environment")
     image = next(i for i in bench_images() if i.name == image_name)
@@ -51,7 +52,7 @@ def record(image_name: str, seconds: int, out: Path, rate: int) -> None:
         try:
             command = [py_spy, "record", "--pid", str(served.worker_pids()[0]), "--native"]
             command += ["--rate", str(rate), "--duration", str(seconds), "--output", str(out)]
-            subprocess.run(command + ["--format", "flamegraph", "--nonblocking"], check=True)
+            subprocess.run([*command, "--format", "flamegraph"], check=True)
         finally:
             stop.set()
             loader.join()
