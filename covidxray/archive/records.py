@@ -21,6 +21,7 @@ from covidxray.predictors.runtime import ModelInfo
 
 #: The attributes whose new values the de-identified DICOM copy gets (PS3.15 action U).
 _NEW_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_PLACEHOLDER = "0"  # what they hold while the copy is hashed to seed them
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def kept_bytes(prepared: Prepared, data: bytes) -> bytes:
 
     copy = pydicom.dcmread(io.BytesIO(prepared.stored))
     for keyword in _NEW_UIDS:
-        setattr(copy, keyword, "")
-    copy.file_meta.MediaStorageSOPInstanceUID = UID("")
+        setattr(copy, keyword, _PLACEHOLDER)
+    copy.file_meta.MediaStorageSOPInstanceUID = UID(_PLACEHOLDER)
     seed = hashlib.sha256(_dicom_bytes(copy)).hexdigest()
     for keyword in _NEW_UIDS:
         setattr(copy, keyword, generate_uid(entropy_srcs=[seed, keyword]))

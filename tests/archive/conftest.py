@@ -67,7 +67,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, data in _variants(sample).items():
             (folder / name).write_bytes(data)
     (folder / "film.dcm").write_bytes(from_sample(samples[0].read_bytes(), "12-bit MONOCHROME1"))
-    (folder / "copy-of-first.jpg").write_bytes(samples[0].read_bytes())
+    (folder / "zz-copy-of-first.jpg").write_bytes(samples[0].read_bytes())
     png = (folder / f"{samples[1].stem}.png").read_bytes()
     (folder / "truncated.png").write_bytes(png[: len(png) // 2])
     (folder / "notes.jpg").write_text("not a radiograph, just notes\n")
