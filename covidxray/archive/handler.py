@@ -11,7 +11,7 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 
-from covidxray.predictors.runtime import OnnxRuntime, load_runtime
+from covidxray.predictors.runtime import DEFAULT_MODEL, OnnxRuntime, load_runtime
 
 #: The Beam metrics namespace of the pipeline's counters and RunInference's own.
 NAMESPACE = "covidxray"
@@ -23,14 +23,14 @@ class TwinModelHandler(OnnxModelHandlerNumpy):  # type: ignore[misc]
 
     def __init__(
         self,
-        model_path: str,
+        model_path: str | None,
         runtime: str | None = None,
         *,
         min_batch_size: int = 1,
         max_batch_size: int = 16,
     ):
         super().__init__(
-            model_uri=model_path,
+            model_uri=model_path or str(DEFAULT_MODEL),
             providers=["CPUExecutionProvider"],
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
@@ -38,8 +38,9 @@ class TwinModelHandler(OnnxModelHandlerNumpy):  # type: ignore[misc]
         self._model_path, self._runtime = model_path, runtime
 
     def load_model(self) -> OnnxRuntime:
-        """The twin that the metadata names to serve (or `runtime`), as `covidxray predict` loads it."""
-        loaded = load_runtime(self._model_path, self._runtime)
+        """The twin that the metadata names to serve (or `runtime`), as `covidxray predict` loads it; with no
+        model path, the worker's own copy of the shipped model."""
+        loaded = load_runtime(self._model_path or DEFAULT_MODEL, self._runtime)
         if not isinstance(loaded, OnnxRuntime):
             raise ValueError("the archive pipeline runs an ONNX twin, not the Keras model")
         return loaded

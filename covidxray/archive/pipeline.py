@@ -27,7 +27,7 @@ from covidxray.archive.records import Decoded, Scoring, decode, failure, score
 from covidxray.archive.sinks import WriteShards
 from covidxray.errors import ApiError, InvalidImage
 from covidxray.predictors.gate import open_guard
-from covidxray.predictors.runtime import ModelInfo
+from covidxray.predictors.runtime import DEFAULT_MODEL, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,13 @@ class ArchiveJob:
 
     patterns: tuple[str, ...]
     output: str
-    model_path: Path
+    model_path: Path | None = None  # None: the shipped model, wherever each worker has it
+
+    @property
+    def model(self) -> Path:
+        """The model file on this machine."""
+        return self.model_path or DEFAULT_MODEL
+
     runtime: str | None = None  # None: the twin the metadata serves
     ood: str = "refuse"
     uncertain_below: float = 0.6
@@ -74,13 +80,13 @@ class DecodeFile(beam.DoFn):  # type: ignore[misc]
 class ScoreImage(beam.DoFn):  # type: ignore[misc]
     """(description, (logits, pooled features)) → the result line, or a failure line (the gate's refusal)."""
 
-    def __init__(self, model_path: str, ood: str, uncertain_below: float):
+    def __init__(self, model_path: str | None, ood: str, uncertain_below: float):
         self.model_path, self.ood, self.uncertain_below = model_path, ood, uncertain_below
         self.scored = Metrics.counter(NAMESPACE, "images_scored")
         self.failed = Metrics.counter(NAMESPACE, "images_failed")
 
     def setup(self) -> None:
-        path = Path(self.model_path)
+        path = Path(self.model_path) if self.model_path else DEFAULT_MODEL
         guard = open_guard(self.ood, path)
         self.scoring = Scoring(ModelInfo.load(path.with_suffix(".json")), guard, self.uncertain_below)
 
@@ -102,8 +108,8 @@ class ScoreImage(beam.DoFn):  # type: ignore[misc]
 def scoring_of(job: ArchiveJob) -> Scoring:
     """The model's identity, its gate and the threshold, loaded on the launcher (errors surface here)."""
     return Scoring(
-        ModelInfo.load(job.model_path.with_suffix(".json")),
-        open_guard(job.ood, job.model_path),
+        ModelInfo.load(job.model.with_suffix(".json")),
+        open_guard(job.ood, job.model),
         job.uncertain_below,
     )
 
@@ -122,19 +128,23 @@ def build(pipeline: beam.Pipeline, job: ArchiveJob, scoring: Scoring) -> None:
         )
     )
     handler = KeyedModelHandler(
-        TwinModelHandler(str(job.model_path), job.runtime, max_batch_size=job.max_batch_size)
+        TwinModelHandler(_text(job.model_path), job.runtime, max_batch_size=job.max_batch_size)
     )
     scored = (
         decoded.decoded
         | "Infer" >> RunInference(handler)
         | "Score"
-        >> beam.ParDo(ScoreImage(str(job.model_path), job.ood, job.uncertain_below)).with_outputs(
+        >> beam.ParDo(ScoreImage(_text(job.model_path), job.ood, job.uncertain_below)).with_outputs(
             FAILED, main="results"
         )
     )
     _ = scored.results | "Write results" >> WriteShards(job.output, "results", job.shards)
     failures = (decoded[FAILED], scored[FAILED]) | "Failures" >> beam.Flatten()
     _ = failures | "Write errors" >> WriteShards(job.output, "errors", job.shards)
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def options_of(job: ArchiveJob) -> PipelineOptions:

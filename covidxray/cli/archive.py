@@ -22,7 +22,13 @@ NO_BEAM = (
     "--input", "patterns", multiple=True, required=True, help="a local glob or gs:// pattern (repeatable)"
 )
 @click.option("--output", "prefix", required=True, help="local or gs:// prefix of the JSON Lines shards")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="the .keras model, at this path on every worker too (default: the shipped one, each worker's own)",
+)
 @click.option(
     "--runtime",
     "runtime_name",
@@ -61,7 +67,7 @@ def score_archive(
     job = ArchiveJob(
         patterns=patterns,
         output=prefix,
-        model_path=_checked_model(model_path, runtime_name, ood),
+        model_path=_checked_model(model_path, runtime_name, ood),  # None: the shipped one
         runtime=None if runtime_name == "onnx" else runtime_name,
         ood=ood,
         uncertain_below=float(os.environ.get("COVIDXRAY_UNCERTAIN_BELOW", "0.6")),
@@ -94,7 +100,7 @@ def _count_matches(patterns: tuple[str, ...]) -> int:
     return len(found)
 
 
-def _checked_model(model_path: Path | None, runtime_name: str, ood: str) -> Path:
+def _checked_model(model_path: Path | None, runtime_name: str, ood: str) -> Path | None:
     """The model file, loaded once here with its gate so that an unreadable one fails before any worker
     starts."""
     from covidxray.predictors.gate import open_guard
@@ -106,7 +112,7 @@ def _checked_model(model_path: Path | None, runtime_name: str, ood: str) -> Path
         open_guard(ood, path)
     except Exception as exc:  # a missing, unreadable or corrupt model: every cause is the user's to fix
         raise click.BadParameter(f"cannot load the model at {path}: {exc}", param_hint="--model") from exc
-    return path
+    return model_path
 
 
 def _ood_mode() -> str:

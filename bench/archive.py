@@ -1,0 +1,89 @@
+"""`python -m bench.archive [--data DIR] [--images N]`: the archive pipeline against `covidxray predict`.
+
+Over the same N films (linked into a temporary folder), side by side in one run: `covidxray predict --json`
+(one process, the service's environment) and `covidxray score-archive` with the DirectRunner in memory
+(one worker) and in multi-process mode (`--direct_num_workers=2 --direct_running_mode=multi_processing`).
+Prints images per second, wall time and the peak RSS of each command's process tree as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def link_films(data: Path, count: int, into: Path) -> int:
+    """Link the first `count` films found under `data` (sorted) into `into`; return how many."""
+    films = itertools.islice((p for p in sorted(data.rglob("*")) if p.suffix.lower() in SUFFIXES), count)
+    n = 0
+    for n, film in enumerate(films, 1):
+        (into / f"{n:05d}{film.suffix.lower()}").symlink_to(film.resolve())
+    return n
+
+
+def measure(command: list[str]) -> tuple[float, float]:
+    """Run `command`; return (seconds, peak RSS in MiB of its whole process tree, sampled every 0.1 s)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{command[:2]} failed: {process.stderr.read().decode()[-2000:] if process.stderr else ''}"
+        )
+    return seconds, peak / 2**20
+
+
+def commands(films: Path, out: Path) -> dict[str, list[str]]:
+    """The three commands, by the name the table shows."""
+    beam = [str(ROOT / ".venv-beam/bin/covidxray"), "score-archive", "--input", f"{films}/*", "--output"]
+    return {
+        "covidxray predict (1 process)": [str(ROOT / ".venv/bin/covidxray"), "predict", "--json", str(films)],
+        "score-archive, DirectRunner in memory": [*beam, str(out / "memory")],
+        "score-archive, DirectRunner 2 processes": [
+            *beam,
+            str(out / "multi"),
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Link the films, run the three commands, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.archive", description=__doc__)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cxr")
+    parser.add_argument("--images", type=int, default=1000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        films, out = Path(tmp) / "films", Path(tmp) / "out"
+        films.mkdir()
+        n = link_films(args.data, args.images, films)
+        gate = os.environ.get("COVIDXRAY_OOD", "refuse")
+        print(f"{n} films from {args.data} on {os.cpu_count()} CPUs, COVIDXRAY_OOD={gate}")
+        print("| command | seconds | images/s | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
+        for name, command in commands(films, out).items():
+            seconds, rss = measure(command)
+            print(f"| {name} | {seconds:.1f} | {n / seconds:.1f} | {rss:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

