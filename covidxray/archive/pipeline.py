@@ -24,7 +24,7 @@ from apache_beam.runners.runner import PipelineResult
 from covidxray.archive import progress
 from covidxray.archive.handler import NAMESPACE, TwinModelHandler
 from covidxray.archive.records import Decoded, Scoring, decode, failure, score
-from covidxray.archive.sinks import WriteShards
+from covidxray.archive.sinks import OncePerKey, WriteShards
 from covidxray.errors import ApiError, InvalidImage
 from covidxray.predictors.gate import open_guard
 from covidxray.predictors.runtime import DEFAULT_MODEL, ModelInfo
@@ -53,6 +53,7 @@ class ArchiveJob:
     max_pixels: int = 50_000_000
     shards: int = 4
     max_batch_size: int = 16
+    bigquery: str | None = None  # PROJECT.DATASET.TABLE: the results there too, one row per key
     beam_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -121,6 +122,7 @@ def build(pipeline: beam.Pipeline, job: ArchiveJob, scoring: Scoring) -> None:
     ] | "All files" >> beam.Flatten()
     decoded = (
         matched
+        | "Spread" >> beam.Reshuffle()  # the files of one pattern over all workers, not one bundle
         | "Read" >> fileio.ReadMatches()
         | "Decode"
         >> beam.ParDo(DecodeFile(scoring.info.input_size, job.max_pixels, scoring)).with_outputs(
@@ -138,9 +140,18 @@ def build(pipeline: beam.Pipeline, job: ArchiveJob, scoring: Scoring) -> None:
             FAILED, main="results"
         )
     )
-    _ = scored.results | "Write results" >> WriteShards(job.output, "results", job.shards)
+    results = scored.results | "Results once" >> OncePerKey()
+    _ = results | "Write results" >> WriteShards(job.output, "results", job.shards)
+    if job.bigquery:
+        from covidxray.archive.bigquery import WriteNewRows
+
+        _ = results | "Lines" >> beam.Values() | "BigQuery" >> WriteNewRows(job.bigquery)
     failures = (decoded[FAILED], scored[FAILED]) | "Failures" >> beam.Flatten()
-    _ = failures | "Write errors" >> WriteShards(job.output, "errors", job.shards)
+    _ = (
+        failures
+        | "Errors once" >> OncePerKey()
+        | "Write errors" >> WriteShards(job.output, "errors", job.shards)
+    )
 
 
 def _text(path: Path | None) -> str | None:

@@ -36,24 +36,31 @@ def _one_of(lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return min(lines, key=lambda line: (line["path"], _canonical(line)))
 
 
+class OncePerKey(beam.PTransform):  # type: ignore[misc]
+    """Dict lines → (record_key, line), one per key."""
+
+    def expand(self, lines: beam.PCollection) -> beam.PCollection:
+        return (
+            lines
+            | "Key" >> beam.Map(lambda line: (record_key(line), line))
+            | "Keep one" >> beam.CombinePerKey(_one_of)
+        )
+
+
 class WriteShards(beam.PTransform):  # type: ignore[misc]
-    """Writes dict lines once per key to `PREFIX-KIND-NNNNN-of-MMMMM.jsonl` (every shard, empty ones too)."""
+    """Writes (key, line) pairs, one per key, to `PREFIX-KIND-NNNNN-of-MMMMM.jsonl` (every shard, empty
+    ones too)."""
 
     def __init__(self, prefix: str, kind: str, shards: int):
         super().__init__()
         self.prefix, self.kind, self.shards = prefix, kind, shards
 
-    def expand(self, lines: beam.PCollection) -> beam.PCollection:
+    def expand(self, unique: beam.PCollection) -> beam.PCollection:
         count = self.shards
-        unique = (
-            lines
-            | "Key" >> beam.Map(lambda line: (record_key(line), line))
-            | "Once per key" >> beam.CombinePerKey(_one_of)
-            | "To shard" >> beam.Map(lambda item: (shard_of(item[0], count), item[1]))
-        )
-        every = lines.pipeline | "Every shard" >> beam.Create([(i, None) for i in range(count)])
+        sharded = unique | "To shard" >> beam.Map(lambda item: (shard_of(item[0], count), item[1]))
+        every = unique.pipeline | "Every shard" >> beam.Create([(i, None) for i in range(count)])
         return (
-            {"lines": unique, "shard": every}
+            {"lines": sharded, "shard": every}
             | "Group" >> beam.CoGroupByKey()
             | "Write" >> beam.ParDo(_WriteShard(self.prefix, self.kind, count))
         )

@@ -40,6 +40,13 @@ NO_BEAM = (
 @click.option("--runner", type=click.Choice(RUNNERS), default="DirectRunner", show_default=True)
 @click.option("--shards", type=click.IntRange(1, 10_000), default=4, show_default=True)
 @click.option("--max-batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option(
+    "--bigquery",
+    "table_id",
+    default=None,
+    metavar="PROJECT.DATASET.TABLE",
+    help="also write the results there, one row per image and model version (created if missing)",
+)
 @click.pass_context
 def score_archive(
     ctx: click.Context,
@@ -50,6 +57,7 @@ def score_archive(
     runner: str,
     shards: int,
     max_batch_size: int,
+    table_id: str | None,
 ) -> None:
     """Score every file matching --input into PREFIX-results-*.jsonl and PREFIX-errors-*.jsonl.
 
@@ -75,7 +83,10 @@ def score_archive(
         shards=shards,
         max_batch_size=max_batch_size,
         beam_args=tuple(ctx.args),
+        bigquery=table_id,
     )
+    if table_id:
+        _ensure_table(table_id)
     for path in remove_stale_shards(prefix, ("results", "errors"), shards):
         click.echo(f"removed {path} (an earlier run's shard)", err=True)
     totals = run(job, runner, total)
@@ -113,6 +124,20 @@ def _checked_model(model_path: Path | None, runtime_name: str, ood: str) -> Path
     except Exception as exc:  # a missing, unreadable or corrupt model: every cause is the user's to fix
         raise click.BadParameter(f"cannot load the model at {path}: {exc}", param_hint="--model") from exc
     return model_path
+
+
+def _ensure_table(table_id: str) -> None:
+    """Create the BigQuery table if missing; a clear error (before the pipeline) when that fails."""
+    from google.api_core.exceptions import GoogleAPIError
+
+    from covidxray.archive.bigquery import ensure_table
+
+    try:
+        ensure_table(table_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bigquery") from exc
+    except GoogleAPIError as exc:
+        raise click.ClickException(f"cannot create or reach the BigQuery table {table_id}: {exc}") from exc
 
 
 def _ood_mode() -> str:
