@@ -16,7 +16,7 @@ from covidxray.errors import ApiError, MissingImage, NotChestRadiograph
 from covidxray.imaging.prepare import Prepared, prepare
 from covidxray.labels import UNCERTAIN
 from covidxray.predictors.calibration import softmax
-from covidxray.predictors.gate import Guard
+from covidxray.predictors.gate import Guard, Verdict
 from covidxray.predictors.runtime import ModelInfo
 
 #: The attributes whose new values the de-identified DICOM copy gets (PS3.15 action U).
@@ -97,33 +97,36 @@ def _dicom_bytes(dataset: Any) -> bytes:
 
 
 def score(decoded: Decoded, logits: np.ndarray, pooled: np.ndarray, scoring: Scoring) -> dict[str, Any]:
-    """The result line of one scored file; NotChestRadiograph when the gate refuses it."""
+    """The result line of one scored file, as `covidxray predict --json` rounds it; NotChestRadiograph
+    when the gate refuses it (COVIDXRAY_OOD=refuse)."""
     info = scoring.info
     probs = softmax(logits, info.temperature)
-    verdict = (
-        scoring.guard.gate.judge(np.asarray(pooled, np.float32), list(decoded.warnings))
-        if (scoring.guard)
-        else None
-    )
-    refused = verdict is not None and not verdict.passed
-    if refused and scoring.guard is not None and scoring.guard.mode == "refuse":
-        raise NotChestRadiograph(verdict.message())  # type: ignore[union-attr]
+    verdict = _verdict(decoded, pooled, scoring.guard)
+    refusal = verdict.message() if verdict is not None and not verdict.passed else None
+    if refusal and scoring.guard is not None and scoring.guard.mode == "refuse":
+        raise NotChestRadiograph(refusal)
     top = int(probs.argmax())
+    confident = probs[top] >= scoring.uncertain_below and not refusal
     return {
         "file": decoded.path,
         "path": decoded.path,
         "sha256": decoded.sha256,
-        "predicted_class": info.labels[top]
-        if probs[top] >= scoring.uncertain_below and not refused
-        else UNCERTAIN,
+        "predicted_class": info.labels[top] if confident else UNCERTAIN,
         "score": round(float(probs[top]), 4),
         "probabilities": {k: round(float(v), 4) for k, v in zip(info.labels, probs, strict=True)},
         "model": scoring.model,
         "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
         "ood_score": round(verdict.score, 4) if verdict else None,
         "ood_threshold": round(verdict.threshold, 4) if verdict else None,
-        "warnings": [*decoded.warnings, *([verdict.message()] if refused and verdict else [])],
+        "warnings": [*decoded.warnings, *([refusal] if refusal else [])],
     }
+
+
+def _verdict(decoded: Decoded, pooled: np.ndarray, guard: Guard | None) -> Verdict | None:
+    """The gate's verdict from the classifier's pooled features (None when the gate is off)."""
+    if guard is None:
+        return None
+    return guard.gate.judge(np.asarray(pooled, np.float32), list(decoded.warnings))
 
 
 def failure(path: str, error: ApiError, scoring: Scoring) -> dict[str, Any]:

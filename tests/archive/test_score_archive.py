@@ -64,6 +64,11 @@ def test_bad_files_go_to_the_errors_with_the_api_codes_and_the_run_says_how_many
     assert "scored " in first_run.stderr and "images (" in first_run.stderr
 
 
+def test_the_direct_runner_shows_a_progress_bar_to_the_last_file(first_run: Run, archive: Path):
+    files = len(list(archive.iterdir()))
+    assert "scoring: 100%" in first_run.stderr and f"{files}/{files}" in first_run.stderr
+
+
 def test_one_line_per_image_even_under_two_names(first_run: Run):
     lines = first_run.lines("results")
     assert len({line["sha256"] for line in lines}) == len(lines)
@@ -78,7 +83,14 @@ def test_a_rerun_rewrites_the_same_shards_and_no_duplicate(first_run: Run, score
 
     before = shards(first_run.prefix)
     again = score_archive(
-        "--input", f"{archive}/*", "--shards", "3", "--max-batch-size", "5", prefix=first_run.prefix
+        "--input",
+        f"{archive}/*",
+        "--shards",
+        "3",
+        "--max-batch-size",
+        "5",
+        "--direct_num_workers=2",  # a Beam option, passed through: two threads now
+        prefix=first_run.prefix,
     )
     assert again.returncode == 0, again.stderr
     assert shards(first_run.prefix) == before
