@@ -48,6 +48,20 @@ def test_the_worker_image_is_built_from_the_same_pins():
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
 
 
+def test_the_worker_build_context_holds_what_it_copies_and_nothing_else():
+    from tests.test_container import dockerignored, parse_dockerfile
+
+    ignore = WORKER.with_name("Dockerfile.dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    final = parse_dockerfile(WORKER.read_text())[-1]
+    copied = {s for copy in final.values("COPY") if "--from" not in copy for s in copy.split()[:-1]}
+    assert "requirements-beam.txt" in copied
+    for source in copied:
+        assert (ROOT / source).exists() and not dockerignored(source.rstrip("/"), patterns), source
+    for left_out in (".venv-beam/bin/python", ".git/HEAD", "tests/archive/conftest.py", "app-automl/wsgi.py"):
+        assert dockerignored(left_out, patterns), left_out
+
+
 def test_the_worker_image_is_lint_clean():
     hadolint = Path(sys.executable).parent / "hadolint"
     if not hadolint.exists():
