@@ -1,8 +1,12 @@
 """The archive pipeline: match files, read them, decode through `prepare`, RunInference on the ONNX twin,
 score with the serving code, write results and dead letters; counters at the end.
 
-    patterns ─ MatchFiles ─ ReadMatches ─ Decode ─┬─ RunInference(TwinModelHandler) ─ Score ─┬─ results
-                                                  └──────────── failed ──────────────────────┴─ errors
+    patterns ─ MatchFiles ─ Reshuffle ─ ReadMatches ─ Decode ─┬─ RunInference(TwinModelHandler) ─ Score ─┐
+                                                              └─ failed ─────────────── failed ───────┤
+    results (once per key) ─ JSON Lines shards [─ BigQuery]       errors (once per key) ─ JSON Lines shards
+
+A file that cannot be used becomes an error line with the API's code; an unexpected exception on one
+file (a bug) becomes `internal` there too, and is logged, so one file never stops an archive.
 """
 
 from __future__ import annotations
@@ -41,12 +45,6 @@ class ArchiveJob:
     patterns: tuple[str, ...]
     output: str
     model_path: Path | None = None  # None: the shipped model, wherever each worker has it
-
-    @property
-    def model(self) -> Path:
-        """The model file on this machine."""
-        return self.model_path or DEFAULT_MODEL
-
     runtime: str | None = None  # None: the twin the metadata serves
     ood: str = "refuse"
     uncertain_below: float = 0.6
@@ -56,26 +54,43 @@ class ArchiveJob:
     bigquery: str | None = None  # PROJECT.DATASET.TABLE: the results there too, one row per key
     beam_args: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def model(self) -> Path:
+        """The model file on this machine."""
+        return self.model_path or DEFAULT_MODEL
+
 
 class DecodeFile(beam.DoFn):  # type: ignore[misc]
     """A matched file → (its description, the model's input tensor), or a failure line."""
 
-    def __init__(self, size: int, max_pixels: int, scoring: Scoring):
-        self.size, self.max_pixels, self.scoring = size, max_pixels, scoring
+    def __init__(self, size: int, max_pixels: int, model: dict[str, str]):
+        self.size, self.max_pixels, self.model = size, max_pixels, model
         self.failed = Metrics.counter(NAMESPACE, "images_failed")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
         path = readable.metadata.path
         try:
-            try:
-                data = readable.read()
-            except OSError as exc:
-                raise InvalidImage(f"the file could not be read ({type(exc).__name__})") from exc
-            yield decode(path, data, self.size, self.max_pixels)
-        except ApiError as exc:
+            yield decode(path, _read(readable), self.size, self.max_pixels)
+        except Exception as exc:  # an ApiError, or a bug that must not stop the archive
             self.failed.inc()
             progress.advance()
-            yield beam.pvalue.TaggedOutput(FAILED, failure(path, exc, self.scoring))
+            yield beam.pvalue.TaggedOutput(FAILED, failure(path, _as_api_error(exc), self.model))
+
+
+def _read(readable: fileio.ReadableFile) -> bytes:
+    """The file's bytes; InvalidImage when it cannot be read."""
+    try:
+        return readable.read()  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise InvalidImage(f"the file could not be read ({type(exc).__name__})") from exc
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    """`exc` itself when it is for the client; else logged, and `internal` (as the API answers a bug)."""
+    if isinstance(exc, ApiError):
+        return exc
+    log.error("archive file failed unexpectedly", exc_info=exc)
+    return ApiError()
 
 
 class ScoreImage(beam.DoFn):  # type: ignore[misc]
@@ -97,9 +112,11 @@ class ScoreImage(beam.DoFn):  # type: ignore[misc]
         progress.advance()
         try:
             line = score(decoded, np.asarray(logits), np.asarray(pooled), self.scoring)
-        except ApiError as exc:
+        except Exception as exc:  # the gate's refusal, or a bug: never stops the archive
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput(FAILED, failure(decoded.path, exc, self.scoring))
+            yield beam.pvalue.TaggedOutput(
+                FAILED, failure(decoded.path, _as_api_error(exc), self.scoring.model)
+            )
             return
         self.scored.inc()
         Metrics.counter(NAMESPACE, f"class_{line['predicted_class']}").inc()
@@ -125,7 +142,7 @@ def build(pipeline: beam.Pipeline, job: ArchiveJob, scoring: Scoring) -> None:
         | "Spread" >> beam.Reshuffle()  # the files of one pattern over all workers, not one bundle
         | "Read" >> fileio.ReadMatches()
         | "Decode"
-        >> beam.ParDo(DecodeFile(scoring.info.input_size, job.max_pixels, scoring)).with_outputs(
+        >> beam.ParDo(DecodeFile(scoring.info.input_size, job.max_pixels, scoring.model)).with_outputs(
             FAILED, main="decoded"
         )
     )

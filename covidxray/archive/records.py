@@ -129,13 +129,13 @@ def _verdict(decoded: Decoded, pooled: np.ndarray, guard: Guard | None) -> Verdi
     return guard.gate.judge(np.asarray(pooled, np.float32), list(decoded.warnings))
 
 
-def failure(path: str, error: ApiError, scoring: Scoring) -> dict[str, Any]:
+def failure(path: str, error: ApiError, model: dict[str, str]) -> dict[str, Any]:
     """The dead-letter line of a file that could not be scored, in the API's error shape."""
     return {
         "path": path,
         "error": {"code": error.code, "message": error.message},
         "status": error.status,
-        "model": scoring.model,
+        "model": model,
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.imaging.test_dicom import SECRETS
 
-from .conftest import BAD, Run
+from .conftest import BAD, SAMPLES, Run
 
 PREDICT = Path(sys.executable).parent / "covidxray"
 
@@ -118,3 +118,16 @@ def test_an_unreadable_model_fails_before_the_pipeline_starts(score_archive, arc
     assert done.returncode == 2
     assert "cannot load the model" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.glob("out-*"))
+
+
+def test_a_run_with_another_shard_count_removes_the_earlier_shards(score_archive, tmp_path: Path):
+    prefix = tmp_path / "out" / "scores"
+    for shards in ("3", "2"):
+        done = score_archive("--input", f"{SAMPLES}/*.jpg", "--shards", shards, prefix=prefix)
+        assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in prefix.parent.iterdir())
+    assert names == [
+        f"scores-{kind}-0000{i}-of-00002.jsonl" for kind in ("errors", "results") for i in (0, 1)
+    ]
+    assert "removed" in done.stderr and "-of-00003.jsonl (an earlier run's shard)" in done.stderr
+    assert len(Run(0, "", prefix).lines("results")) == len(list(SAMPLES.glob("*.jpg")))
