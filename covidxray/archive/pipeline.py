@@ -182,9 +182,13 @@ def options_of(job: ArchiveJob) -> PipelineOptions:
     return options
 
 
-def counters(result: PipelineResult) -> dict[str, int]:
-    """The pipeline's counters by name (committed where the runner has them, else attempted)."""
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+def counters(result: PipelineResult) -> dict[str, int] | None:
+    """The pipeline's counters by name (committed where the runner has them, else attempted); None from
+    a runner that keeps none (Dataflow's --dry_run)."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except NotImplementedError:
+        return None
     totals: dict[str, int] = {}
     for counter in found:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -206,7 +210,7 @@ def runner_of(name: str, options: PipelineOptions) -> Any:
     return fn_runner.FnApiRunner(provision_info=info)
 
 
-def run(job: ArchiveJob, runner: str = "DirectRunner", total: int | None = None) -> dict[str, int]:
+def run(job: ArchiveJob, runner: str = "DirectRunner", total: int | None = None) -> dict[str, int] | None:
     """Run the archive pipeline to its end; return its counters. `total` files: a bar while it runs."""
     scoring = scoring_of(job)
     options = options_of(job)

@@ -70,7 +70,8 @@ def score_archive(
     from covidxray.archive.pipeline import ArchiveJob, run
     from covidxray.archive.sinks import remove_stale_shards
 
-    total = _count_matches(patterns)
+    # the bar's total on a local run; elsewhere one file per pattern is enough (no listing of millions)
+    total = _count_matches(patterns, None if runner == "DirectRunner" else 1)
     ood = _ood_mode()
     job = ArchiveJob(
         patterns=patterns,
@@ -85,23 +86,32 @@ def score_archive(
         beam_args=tuple(ctx.args),
         bigquery=table_id,
     )
-    if table_id:
-        _ensure_table(table_id)
-    for path in remove_stale_shards(prefix, ("results", "errors"), shards):
-        click.echo(f"removed {path} (an earlier run's shard)", err=True)
+    if not _dry_run(job.beam_args):  # a dry run (Dataflow's --dry_run) builds the job, touches nothing
+        if table_id:
+            _ensure_table(table_id)
+        for path in remove_stale_shards(prefix, ("results", "errors"), shards):
+            click.echo(f"removed {path} (an earlier run's shard)", err=True)
     totals = run(job, runner, total)
     _report(totals, prefix)
 
 
-def _count_matches(patterns: tuple[str, ...]) -> int:
-    """The number of files the patterns match; a usage error (exit 2) for a pattern that matches none."""
+def _dry_run(beam_args: tuple[str, ...]) -> bool:
+    """Whether Beam's options ask for a dry run (`--dry_run=True`)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+
+    return bool(PipelineOptions(list(beam_args)).view_as(TestOptions).dry_run)
+
+
+def _count_matches(patterns: tuple[str, ...], limit: int | None = None) -> int:
+    """The number of files the patterns match (up to `limit` each); a usage error (exit 2) for a pattern
+    that matches none."""
     from apache_beam.io.filesystem import BeamIOError
     from apache_beam.io.filesystems import FileSystems
 
     found: set[str] = set()
     for pattern in patterns:
         try:
-            (result,) = FileSystems.match([pattern])
+            (result,) = FileSystems.match([pattern], None if limit is None else [limit])
             paths = {m.path for m in result.metadata_list if not os.path.isdir(m.path)}
         except BeamIOError:
             paths = set()
@@ -148,8 +158,11 @@ def _ood_mode() -> str:
     return mode
 
 
-def _report(totals: dict[str, int], prefix: str) -> None:
+def _report(totals: dict[str, int] | None, prefix: str) -> None:
     """The counters, on stderr: images scored (by class) and failed."""
+    if totals is None:
+        click.echo("the runner reports no counters (a dry run scores nothing)", err=True)
+        return
     classes = sorted((k.removeprefix("class_"), v) for k, v in totals.items() if k.startswith("class_"))
     by_class = ", ".join(f"{label} {count}" for label, count in classes)
     click.echo(f"scored {totals.get('images_scored', 0)} images ({by_class or 'none'})", err=True)

@@ -4,7 +4,8 @@
 #   PROJECT_ID=acme-xray REGION=europe-west1 BUCKET=acme-xray-archive INPUT='gs://acme-pacs-export/**.dcm' \
 #     deploy/beam/dataflow.sh
 # Writes gs://$BUCKET/scores/$RUN-results-*.jsonl and -errors-*.jsonl; re-running with the same RUN
-# rewrites the same shards (no duplicate lines).
+# rewrites the same shards (no duplicate lines). Arguments go to Beam: `--dry_run=True` builds the
+# Dataflow job and submits nothing (the test suite does that), `--bigquery=P.D.T` adds the table.
 set -euo pipefail
 : "${PROJECT_ID:?set PROJECT_ID}" "${REGION:?set REGION}" "${BUCKET:?set BUCKET (output and temp files)}"
 : "${INPUT:?set INPUT, a gs:// pattern of the films to score}"
@@ -29,4 +30,5 @@ exec .venv-beam/bin/covidxray score-archive \
   --service_account_email="$SERVICE_ACCOUNT" \
   --machine_type="${MACHINE_TYPE:-n2-standard-4}" \
   --max_num_workers="${MAX_WORKERS:-20}" \
-  --experiments=use_runner_v2
+  --experiments=use_runner_v2 \
+  "$@"

@@ -3,6 +3,7 @@ service's environment and image stay free of Beam."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -95,6 +96,23 @@ def test_the_dataflow_recipe_parses_and_runs_score_archive_in_the_worker_image()
     ):
         assert option in text
     assert ".venv-beam/bin/covidxray score-archive" in text
+
+
+def test_the_dataflow_recipe_builds_a_dataflow_job_in_a_dry_run():
+    if not (ROOT / ".venv-beam" / "bin" / "covidxray").exists():
+        pytest.skip("the archive pipeline's environment is missing: run `make beam-install`")
+    env = {
+        "PATH": os.environ["PATH"],
+        "PROJECT_ID": "acme-xray",
+        "REGION": "europe-west1",
+        "BUCKET": "acme-xray-archive",
+        "INPUT": f"{ROOT}/tests/samples/*.jpg",
+    }
+    done = subprocess.run(
+        ["bash", str(RECIPE), "--dry_run=True"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "a dry run scores nothing" in done.stderr
 
 
 def test_the_dataflow_recipe_refuses_to_run_without_its_settings(tmp_path: Path):
