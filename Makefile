@@ -11,7 +11,7 @@ PORT ?= 8080
 COVIDXRAY_DATA_DIR ?= $(CURDIR)/var
 export HOST PORT COVIDXRAY_DATA_DIR
 
-.PHONY: install serve run run-automl test test-deps lint bench load images soak
+.PHONY: install beam-install serve run run-automl test test-deps lint bench load images soak
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# The archive pipeline's own environment (Beam's pins conflict with the service's): `covidxray score-archive`.
+BEAM_VENV ?= .venv-beam
+beam-install: $(BEAM_VENV)/.installed
+
+$(BEAM_VENV)/.installed: requirements-beam.txt pyproject.toml
+	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/pip install -q --upgrade pip
+	$(BEAM_VENV)/bin/pip install -q -c requirements-beam.txt -e ".[archive]"
 	touch $@
 
 serve:
@@ -49,7 +59,7 @@ test-deps: install
 	  else echo "Debian's chromium is missing: the browser tests will be skipped (run as root to install it)"; fi; \
 	fi
 
-test: test-deps
+test: test-deps beam-install
 	$(BIN)/pytest -q -n 2
 
 lint: install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from covidxray.cli import evaluate, model, predict, service
+from covidxray.cli import archive, evaluate, model, predict, service
 
 
 @click.group()
@@ -21,5 +21,6 @@ for command in (
     service.token,
     service.automl_emulator,
     service.bigquery_init,
+    archive.score_archive,
 ):
     main.add_command(command)
