@@ -14,8 +14,7 @@ import numpy as np
 
 from covidxray.errors import ApiError, MissingImage, NotChestRadiograph
 from covidxray.imaging.prepare import Prepared, prepare
-from covidxray.labels import UNCERTAIN
-from covidxray.predictors.calibration import softmax
+from covidxray.predictors.calibration import decide, softmax
 from covidxray.predictors.gate import Guard, Verdict
 from covidxray.predictors.runtime import ModelInfo
 
@@ -105,15 +104,15 @@ def score(decoded: Decoded, logits: np.ndarray, pooled: np.ndarray, scoring: Sco
     refusal = verdict.message() if verdict is not None and not verdict.passed else None
     if refusal and scoring.guard is not None and scoring.guard.mode == "refuse":
         raise NotChestRadiograph(refusal)
-    top = int(probs.argmax())
-    confident = probs[top] >= scoring.uncertain_below and not refusal
+    by_label = dict(zip(info.labels, probs.tolist(), strict=True))
+    predicted, top = decide(by_label, scoring.uncertain_below, flagged=refusal is not None)
     return {
         "file": decoded.path,
         "path": decoded.path,
         "sha256": decoded.sha256,
-        "predicted_class": info.labels[top] if confident else UNCERTAIN,
-        "score": round(float(probs[top]), 4),
-        "probabilities": {k: round(float(v), 4) for k, v in zip(info.labels, probs, strict=True)},
+        "predicted_class": predicted,
+        "score": round(top, 4),
+        "probabilities": {k: round(v, 4) for k, v in by_label.items()},
         "model": scoring.model,
         "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
         "ood_score": round(verdict.score, 4) if verdict else None,
