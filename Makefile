@@ -11,7 +11,7 @@ PORT ?= 8080
 COVIDXRAY_DATA_DIR ?= $(CURDIR)/var
 export HOST PORT COVIDXRAY_DATA_DIR
 
-.PHONY: install serve run run-automl test test-deps lint bench load images soak
+.PHONY: install beam-install serve run run-automl test test-deps lint bench load images soak
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# The archive pipeline's own environment (Beam's pins conflict with the service's): `covidxray score-archive`.
+BEAM_VENV ?= .venv-beam
+beam-install: $(BEAM_VENV)/.installed
+
+$(BEAM_VENV)/.installed: requirements-beam.txt pyproject.toml
+	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/pip install -q --upgrade pip
+	$(BEAM_VENV)/bin/pip install -q -c requirements-beam.txt -e ".[archive]"
 	touch $@
 
 serve:
@@ -56,7 +66,7 @@ test-deps: install
 	  else echo "Debian's$$missing missing: the PACS, DICOM validation and burnt-in text tests will be skipped"; fi; \
 	fi
 
-test: test-deps
+test: test-deps beam-install
 	$(BIN)/pytest -q -n 2
 
 lint: install
@@ -92,9 +102,12 @@ soak: install
 
 # The benchmark (not part of `make test`): the service as production runs it, side by side with the
 # original design; writes bench/results.json and bench/RESULTS.md.
+# BASELINE: a git ref whose code and model are timed beside today's in the same run (empty: none);
+# 1aeae4e is the last commit before the fast decoders and int8 serving.
+BASELINE ?= 1aeae4e
 bench: install
 	@if ! command -v wrk >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
 	  else echo "wrk is missing: run as root to install it (apt-get install wrk), or run python -m bench --quick"; exit 1; fi; \
 	fi
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(BASELINE),--baseline $(BASELINE))

@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--out DIR]`: run, write results.json and RESULTS.md, print the tables."""
+"""`python -m bench [--quick] [--baseline REF] [--out DIR]`: run, write results.json and RESULTS.md, print
+the tables."""
 
 from __future__ import annotations
 
@@ -26,9 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the .keras model (default: COVIDXRAY_MODEL or the shipped one)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="a git ref whose code and model are checked out and timed beside today's (e.g. a tag)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", stream=sys.stderr)
-    results = run(QUICK if args.quick else FULL, args.model)
+    results = run(QUICK if args.quick else FULL, args.model, args.baseline)
     results["targets"] = targets(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -121,8 +121,12 @@ def post(base: str, body: bytes, content_type: str, token: str, timeout: float =
         conn.close()
 
 
-def run_python(base: str, image: BenchImage, token: str, concurrency: int, total: int) -> Load:
-    """Post `image` `total` times from `concurrency` threads, each on its own keep-alive connection."""
+def run_python(
+    base: str, image: BenchImage, token: str, concurrency: int, total: int, explain: bool = False
+) -> Load:
+    """Post `image` `total` times from `concurrency` threads, each on its own keep-alive connection
+    (with `explain=1`, asking for the heatmap too, when `explain`)."""
+    route = ROUTE + ("?explain=1" if explain else "")
     body, content_type = multipart(image)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     parsed = urlparse(base)
@@ -135,7 +139,7 @@ def run_python(base: str, image: BenchImage, token: str, concurrency: int, total
         for _ in range(n):
             began = time.perf_counter()
             try:
-                conn.request("POST", ROUTE, body, headers)
+                conn.request("POST", route, body, headers)
                 response = conn.getresponse()
                 response.read()
             except OSError as exc:  # counted like wrk's socket errors; the caller checks the server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -12,6 +13,9 @@ from covidxray.predictors.runtime import DEFAULT_MODEL, ModelInfo
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
 
+from . import speedups
+from .baseline import Code, checkout, today
+from .baseline import stage_times as compared_stage_times
 from .clients import Load, run_python, run_wrk, wrk_path
 from .compute import PROCESSES, compute_limit, stage_times
 from .images import BenchImage, bench_images
@@ -23,11 +27,16 @@ log = logging.getLogger(__name__)
 SECRET = "bench-jwt-secret-" + "k" * 32
 
 
-def run(plan: Plan, model: Path | None = None) -> dict[str, Any]:
-    """Measure everything the plan asks for and return the results as a JSON-ready dict."""
+def run(plan: Plan, model: Path | None = None, baseline: str | None = None) -> dict[str, Any]:
+    """Measure everything the plan asks for and return the results as a JSON-ready dict; with `baseline`
+    (a git ref), that commit's code and model are timed and served beside today's in the same run."""
     if not plan.quick:
         wrk_path()  # fail before measuring anything
-    model = model or Settings.from_env().model or DEFAULT_MODEL
+    with checkout(baseline) if baseline else contextlib.nullcontext() as base:
+        return _run(plan, model or Settings.from_env().model or DEFAULT_MODEL, base)
+
+
+def _run(plan: Plan, model: Path, base: Code | None) -> dict[str, Any]:
     images = bench_images()
     token = issue_token(Settings(jwt_keys={"": SECRET}), "bench", ttl=6 * 3600)
     results: dict[str, Any] = {
@@ -47,6 +56,8 @@ def run(plan: Plan, model: Path | None = None) -> dict[str, Any]:
             for i in images
         },
     }
+    if base is not None:
+        results["baseline"] = {"ref": base.label, "commit": base.commit, "model": _model_info(base.model)}
     log.info("compute limit")
     results["compute"] = {
         i.name: {
@@ -55,15 +66,35 @@ def run(plan: Plan, model: Path | None = None) -> dict[str, Any]:
         }
         for i in images
     }
+    log.info("speed-ups one by one")
+    results["speedups"] = {
+        "decoders": speedups.decoders(images, plan.stage_repeats),
+        "twins": speedups.twins(model, 10 * plan.stage_repeats),
+    }
     with tempfile.TemporaryDirectory(prefix="covidxray-bench-") as tmp:
         work = Path(tmp)
         files = {}
         for image in images:
             files[image.name] = work / image.filename
             files[image.name].write_bytes(image.data)
+        if base is not None:
+            log.info("per-image compute, today beside %s", base.label)
+            results["stages"] = {
+                name: compared_stage_times([base, today()], path, plan.stage_repeats, 1 if plan.quick else 3)
+                for name, path in files.items()
+            }
         log.info("service")
         with serve("service", work / "service", SECRET, token, images[-1], model) as served:
             results["service"] = _service(served, plan, images, files, token)
+            results["service"]["heatmap"] = speedups.heatmap(
+                served.base, images[0], token, 10 if plan.quick else 100
+            )
+        if base is not None:
+            log.info("baseline %s", base.label)
+            with serve(
+                "service", work / "baseline", SECRET, token, images[-1], base.model, root=base.root
+            ) as served:
+                results["baseline"].update(_original(served, plan, images, files, token, plan.levels))
         log.info("original design")
         with serve(
             "original", work / "original", SECRET, token, images[-1], model, plan.original_workers
@@ -139,10 +170,19 @@ def _service(
 
 
 def _original(
-    served: Served, plan: Plan, images: tuple[BenchImage, ...], files: dict[str, Path], token: str
+    served: Served,
+    plan: Plan,
+    images: tuple[BenchImage, ...],
+    files: dict[str, Path],
+    token: str,
+    levels: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """Cold start, latency runs and peak RSS of the original design."""
-    served_out = _levels(served, plan, images, files, token, plan.original_levels, plan.original_seconds)
+    """Cold start, latency runs and peak RSS of the original design (or of the baseline, at `levels`)."""
+    if levels is None:
+        levels, seconds = plan.original_levels, plan.original_seconds
+    else:
+        seconds = plan.service_seconds
+    served_out = _levels(served, plan, images, files, token, levels, seconds)
     return {
         "cold_start_s": served.cold_start_s,
         "served": served_out,

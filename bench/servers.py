@@ -16,8 +16,9 @@ from .clients import multipart, post
 from .images import BenchImage
 
 ROOT = Path(__file__).resolve().parent.parent
-#: design -> (working directory, WSGI target): the service exactly as the container runs it.
-DESIGNS = {"service": (ROOT / "app-keras", "wsgi:app"), "original": (ROOT, "bench.original_app:app")}
+#: design -> (working directory under the code's root, WSGI target): the service exactly as the container
+#: runs it (today's, or an earlier commit's checked out as the baseline), and the original design.
+DESIGNS = {"service": ("app-keras", "wsgi:app"), "original": (".", "bench.original_app:app")}
 WORKERS, THREADS = 2, 4
 _CLEARED = ("COVIDXRAY_RUNTIME", "COVIDXRAY_RATE_LIMIT", "COVIDXRAY_IMAGE_STORE", "COVIDXRAY_REQUEST_LOG")
 
@@ -86,14 +87,19 @@ def serve(
     probe: BenchImage,
     model: Path,
     workers: int = WORKERS,
+    root: Path = ROOT,
 ) -> Iterator[Served]:
-    """Run `design` under gunicorn until the block ends; the cold start is timed to the first 200."""
-    cwd, target = DESIGNS[design]
+    """Run `design` of the code under `root` under gunicorn until the block ends; the cold start is timed
+    to the first 200."""
+    folder, target = DESIGNS[design]
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"{design}.log"
+    env = environment(data_dir, port, secret, model, workers)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)  # that tree's covidxray, not the one installed
     began = time.perf_counter()
-    with gunicorn_process(cwd, target, environment(data_dir, port, secret, model, workers), log) as process:
+    with gunicorn_process(root / folder, target, env, log) as process:
         base = f"http://127.0.0.1:{port}"
         cold = first_answer(base, probe, token, process, log) - began
         yield Served(design, base, process, round(cold, 3), log, workers)

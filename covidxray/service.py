@@ -17,8 +17,8 @@ from covidxray.errors import ApiError, BackendUnavailable, NotChestRadiograph, N
 from covidxray.imaging import clean_pixels
 from covidxray.imaging.heatmap import overlay_png
 from covidxray.imaging.prepare import Prepared, prepare
-from covidxray.labels import LABELS, UNCERTAIN
 from covidxray.predictors.base import Outcome, Predictor
+from covidxray.predictors.calibration import decide
 from covidxray.predictors.gate import Guard, Verdict
 from covidxray.settings import Settings
 
@@ -102,11 +102,10 @@ def predict_upload(
             record.warnings.append(verdict.message())
     if outcome is not None:
         record.probabilities = outcome.probabilities
+        flagged = verdict is not None and not verdict.passed  # warn: scored, but not called a finding
         record.predicted_class, record.score = decide(
-            outcome.probabilities, services.settings.uncertain_below
+            outcome.probabilities, services.settings.uncertain_below, flagged
         )
-        if verdict is not None and not verdict.passed:  # warn: scored, but not called a finding
-            record.predicted_class = UNCERTAIN
         PREDICTIONS.labels(backend=predictor.backend, predicted_class=record.predicted_class).inc()
         if outcome.heatmap is not None:
             png = overlay_png(prepared.image, outcome.heatmap, (prepared.width, prepared.height))
@@ -143,13 +142,6 @@ def _gate_and_predict(
     if verdict is not None and not verdict.passed and guard is not None and guard.mode == "refuse":
         return None, verdict, "refused", NotChestRadiograph(verdict.message())
     return outcome, verdict, "ok", None
-
-
-def decide(probabilities: dict[str, float], uncertain_below: float) -> tuple[str, float]:
-    """The top class and its probability, or `uncertain` when the top is below the threshold."""
-    top = max(LABELS, key=lambda label: probabilities.get(label, 0.0))
-    score = probabilities[top]
-    return (top if score >= uncertain_below else UNCERTAIN), score
 
 
 def find(services: Services, request_id: str, subject: str | None, admin: bool = False) -> PredictionRecord:

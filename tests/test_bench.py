@@ -37,17 +37,17 @@ def test_the_three_images_are_deterministic_and_as_specified() -> None:
 @pytest.mark.skipif(not MODEL.with_suffix(".onnx").is_file(), reason=f"no model at {MODEL}")
 def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", "--baseline", "HEAD", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
     names = [i.name for i in bench_images()]
     assert list(results["compute"]) == names and results["machine"]["nproc"] >= 1
-    for design in ("service", "original"):
+    for design in ("service", "baseline", "original"):
         assert list(results[design]["served"]) == names
         assert results[design]["cold_start_s"] > 0
         for served in results[design]["served"].values():
@@ -55,11 +55,18 @@ def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
                 assert load["requests"] > 0 and not load["errors"]
     memory = results["service"]["memory"]
     assert len(memory["peak_rss_mb"]) == 2 and memory["soak"]["requests"] == 24
-    assert len(results["targets"]) == 2 * len(names) + 4 and all(
+    assert results["baseline"]["ref"] == "HEAD" and list(results["stages"]) == names
+    for stages in results["stages"].values():  # today's tree and HEAD's, each timed in its own process
+        assert set(stages) == {"today", "HEAD"} and all(s["total_ms"] > 0 for s in stages.values())
+    speed = results["speedups"]
+    assert set(speed["decoders"]) == set(names) and speed["twins"]["int8_ms"] > 0
+    assert results["service"]["heatmap"]["p50_explain_ms"] > 0
+    assert len(results["targets"]) == 2 * len(names) + 8 and all(
         isinstance(t["met"], bool) for t in results["targets"]
     )
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| png-1024 |" in table and "cold start" in table and "`nproc` " in table
+    assert "baseline HEAD" in table and "libspng" in table and "int8 twin" in table
     assert "compute limit" in done.stdout
 
 

@@ -4,7 +4,7 @@ Pure ast over covidxray/ (nothing is imported): absolute and relative imports, a
 functions and under TYPE_CHECKING alike. Rooms, top to bottom:
 
     entry points (covidxray, cli, gunicorn_conf, local_gunicorn): may import anything; nothing imports them
-    web > dicomnode > service (service, retention) > imaging, predictors, backends, ml, automl_standin > base
+    web > dicomnode > service (service, retention), archive > imaging, predictors, backends, ml, automl_standin > base
 
 with, inside the middle floor: ml may import predictors and imaging, predictors and automl_standin
 may import imaging, automl_standin may import predictors; backends import only each other and base.
@@ -24,6 +24,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "web",
         "dicomnode",
         "service",
+        "archive",
         "imaging",
         "predictors",
         "backends",
@@ -34,6 +35,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "web": {"dicomnode", "service", "imaging", "predictors", "backends", "ml", "automl_standin", "base"},
     "dicomnode": {"service", "imaging", "predictors", "backends", "base"},
     "service": {"imaging", "predictors", "backends", "base"},
+    "archive": {"imaging", "predictors", "backends", "base"},
     "ml": {"imaging", "predictors", "base"},
     "automl_standin": {"predictors", "imaging", "base"},
     "predictors": {"imaging", "base"},
@@ -41,7 +43,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "backends": {"base"},
     "base": set(),
 }
-SUBPACKAGES = {"web", "dicomnode", "imaging", "predictors", "backends", "ml", "automl_standin"}
+SUBPACKAGES = {"web", "dicomnode", "archive", "imaging", "predictors", "backends", "ml", "automl_standin"}
 TOP_LEVEL = {
     "covidxray": "entry",
     "covidxray.cli": "entry",

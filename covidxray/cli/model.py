@@ -82,7 +82,8 @@ def train(
 @data_option(TRAIN_VAL)
 @model_option
 def quantize(data_dir: str, model_path: Path | None) -> None:
-    """Write the model's int8 twin (calibrated on training films), measure it on val, record it."""
+    """Write the model's ONNX twins from its .keras: float (checked against Keras) and int8 (calibrated on
+    training films, measured against the float twin on val), and record them."""
     import json
 
     from covidxray.ml.training import int8_twin_for

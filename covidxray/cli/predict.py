@@ -31,9 +31,8 @@ def predict(
     import json
     import os
 
-    from covidxray.labels import UNCERTAIN
     from covidxray.ml.datasets import IMAGE_SUFFIXES
-    from covidxray.predictors.calibration import softmax
+    from covidxray.predictors.calibration import decide, softmax
     from covidxray.predictors.gate import open_guard
     from covidxray.predictors.runtime import DEFAULT_MODEL, load_runtime, run_files
 
@@ -63,14 +62,14 @@ def predict(
         if error:
             rows.append({"file": str(path), "predicted_class": None, "score": None, "error": error})
             continue
-        probs = softmax(row, runtime.info.temperature)
-        top = int(probs.argmax())
+        probs = dict(zip(labels, softmax(row, runtime.info.temperature).tolist(), strict=True))
+        predicted, score = decide(probs, threshold, flagged=refusal is not None)
         rows.append(
             {
                 "file": str(path),
-                "predicted_class": labels[top] if probs[top] >= threshold and not refusal else UNCERTAIN,
-                "score": round(float(probs[top]), 4),
-                "probabilities": {k: round(float(v), 4) for k, v in zip(labels, probs, strict=True)},
+                "predicted_class": predicted,
+                "score": round(score, 4),
+                "probabilities": {k: round(v, 4) for k, v in probs.items()},
                 **({"warning": refusal} if refusal else {}),
             }
         )

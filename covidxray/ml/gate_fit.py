@@ -110,7 +110,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     from covidxray.ml.datasets import list_images
     from covidxray.predictors.runtime import load_runtime
 
-    runtime = load_runtime(model_path, "onnx-float")
+    runtime = load_runtime(model_path)  # the twin that serves: the gate judges its features
     train_files, train_labels = list_images(data_dir / "train")
     val_files, _ = list_images(data_dir / "val")
     train, _ = pooled_of_files(runtime, train_files)
@@ -127,6 +127,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
         "threshold": gate.threshold,
         "val_false_refusals": float(np.mean(refused)),
         "kinds": list(gate.kind_names),
+        "fitted_on": runtime.name,
     }
     meta_path = model_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())

@@ -128,8 +128,11 @@ def output_layer(model: keras.Model) -> layers.Dense:
 
 def export_onnx(model: keras.Model, path: Path, opset: int = 17) -> None:
     """Write the ONNX twin of `model` (input `image`; outputs `logits` and `features`) via tf2onnx."""
+    import onnx
     import tensorflow as tf
     import tf2onnx
+
+    from covidxray.ml.onnx_graph import fold_input_scaling
 
     size = model.inputs[0].shape[1]
     spec = (tf.TensorSpec((None, size, size, 1), tf.float32, name="image"),)
@@ -139,7 +142,9 @@ def export_onnx(model: keras.Model, path: Path, opset: int = 17) -> None:
         logits, features = model(image, training=False)
         return {LOGITS: tf.identity(logits, name=LOGITS), FEATURES: tf.identity(features, name=FEATURES)}
 
-    tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset, output_path=str(path))
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset)
+    fold_input_scaling(proto)  # exact: the input's rescaling goes into the first convolution
+    onnx.save(proto, str(path))
 
 
 def check_twin(model: keras.Model, onnx_path: Path, batch: np.ndarray, tolerance: float) -> dict[str, float]:

@@ -186,16 +186,10 @@ def member_summary(seed: int, history: dict) -> dict:
 
 def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) -> dict:  # noqa: ANN001
     """Write FILE.keras, its ONNX twin FILE.onnx (checked against Keras on `probe`) and FILE.json."""
-    from covidxray.ml.model import check_twin, export_onnx
-
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     onnx_path = out.with_suffix(".onnx")
-    export_onnx(model, onnx_path)
-    size = int(model.inputs[0].shape[1])
-    noise = np.random.default_rng(0).random((4, size, size, 1), dtype=np.float32)
-    probe = noise if probe is None else np.concatenate([noise, probe.astype(np.float32)])
-    diffs = check_twin(model, onnx_path, probe, ONNX_TOLERANCE)
+    diffs = export_twin(model, onnx_path, probe)
     meta = {
         **meta,
         "onnx_max_abs_diff": diffs,
@@ -207,17 +201,31 @@ def save_model(model, out: Path, meta: dict, probe: np.ndarray | None = None) ->
     return meta
 
 
+def export_twin(model, onnx_path: Path, probe: np.ndarray | None = None) -> dict:  # noqa: ANN001
+    """Write the float ONNX twin of the Keras `model` and check it against Keras on noise and `probe`."""
+    from covidxray.ml.model import check_twin, export_onnx
+
+    export_onnx(model, onnx_path)
+    size = int(model.inputs[0].shape[1])
+    noise = np.random.default_rng(0).random((4, size, size, 1), dtype=np.float32)
+    probe = noise if probe is None else np.concatenate([noise, probe.astype(np.float32)])
+    return check_twin(model, onnx_path, probe, ONNX_TOLERANCE)
+
+
 def int8_twin_for(model_path: Path, data_dir: Path) -> dict:
-    """Give an existing model (FILE.keras with FILE.onnx and FILE.json) its int8 twin; return its entry."""
+    """Write both twins of an existing model (FILE.keras with FILE.json) with today's export: the float
+    twin (checked against Keras) and the int8 twin (measured against it on val); return the int8 entry."""
+    import keras
+
     meta = json.loads(model_path.with_suffix(".json").read_text())
-    meta.setdefault("serve", "onnx-float")
-    float_entry = {"file": model_path.with_suffix(".onnx").name}
-    if "onnx_max_abs_diff" in meta:
-        float_entry["max_abs_diff_vs_keras"] = meta["onnx_max_abs_diff"]
-    meta["twins"] = {"onnx-float": float_entry, **meta.get("twins", {})}
     size = int(meta["input_size"])
     train_files, _ = list_images(data_dir / "train")
     val_files, y_val = list_images(data_dir / "val")
+    model = keras.models.load_model(model_path, compile=False)
+    diffs = export_twin(model, model_path.with_suffix(".onnx"), load_arrays(val_files[:16], size) / 255.0)
+    float_entry = {"file": model_path.with_suffix(".onnx").name, "max_abs_diff_vs_keras": diffs}
+    meta["onnx_max_abs_diff"] = diffs
+    meta["twins"] = {**meta.get("twins", {}), "onnx-float": float_entry}
     seed = int(meta.get("training", {}).get("config", {}).get("seed", 0))
     pick = np.sort(np.random.default_rng(seed).permutation(len(train_files))[:128])
     calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
@@ -228,12 +236,15 @@ def int8_twin_for(model_path: Path, data_dir: Path) -> dict:
 def add_int8_twin(out: Path, meta: dict, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> dict:
     """Write FILE.int8.onnx (calibrated on training films `calib`), measure it against the float twin on
     val, and record it in FILE.json; return the metadata."""
-    from covidxray.ml.quantize import compare, quantize_int8, run_onnx
+    from covidxray.ml.quantize import MIN_AGREEMENT, compare, quantize_int8, run_onnx
 
     float_path, int8_path = out.with_suffix(".onnx"), out.with_suffix(".int8.onnx")
     quantize_int8(float_path, int8_path, calib)
     figures = compare(run_onnx(float_path, x_val), run_onnx(int8_path, x_val), y_val, meta["temperature"])
-    meta = {**meta, "twins": {**meta["twins"], "onnx-int8": {"file": int8_path.name, "val": figures}}}
+    entry = {"file": int8_path.name, "val": figures, "min_top1_agreement": MIN_AGREEMENT}
+    # Served by default only while it agrees with the float twin within the bound.
+    serve = "onnx-int8" if figures["top1_agreement"] >= MIN_AGREEMENT else "onnx-float"
+    meta = {**meta, "serve": serve, "twins": {**meta["twins"], "onnx-int8": entry}}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("wrote %s: top-1 agreement with the float twin %.3f", int8_path, figures["top1_agreement"])
     return meta

@@ -1,8 +1,23 @@
-"""Temperature scaling, the softmax the service applies, and calibration error."""
+"""Temperature scaling, the softmax the service applies, the call it makes, and calibration error."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+
+from covidxray.labels import UNCERTAIN
+
+
+def decide(
+    probabilities: Mapping[str, float], uncertain_below: float, flagged: bool = False
+) -> tuple[str, float]:
+    """The top class and its probability; the class is `uncertain` when the top probability is below
+    `uncertain_below` or the gate `flagged` the input (scored, but not called a finding). Every path
+    (the service, `covidxray predict`, the archive pipeline) calls it."""
+    top = max(probabilities, key=lambda label: probabilities[label])
+    score = float(probabilities[top])
+    return (top if score >= uncertain_below and not flagged else UNCERTAIN), score
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

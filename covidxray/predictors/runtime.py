@@ -55,9 +55,16 @@ class OnnxRuntime:
     def __init__(self, onnx_path: str | Path, info: ModelInfo, threads: int = 1, name: str = "onnx"):
         import onnxruntime as ort
 
+        # Chosen by measurement (bench/twins.py; README "Serving speed"): one thread per worker (the
+        # workers take a core each), every graph optimisation (basic alone runs the float twin 1.4x and
+        # the int8 twin 1.9x slower: it skips the NCHWc layout and the QDQ fusions), the memory arena on
+        # (off made no measurable difference), operators run sequentially.
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_cpu_mem_arena = True
         self.path = Path(onnx_path)
         self.info = info
         self.name = name  # what /readyz and `evaluate` report: onnx (the float twin) or onnx-int8

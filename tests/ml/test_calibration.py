@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidxray.predictors.calibration import expected_calibration_error, fit_temperature, softmax
+from covidxray.predictors.calibration import decide, expected_calibration_error, fit_temperature, softmax
 
 
 def test_softmax_rows_sum_to_one_and_temperature_flattens() -> None:
@@ -36,3 +36,10 @@ def test_ece_hand_computed() -> None:
 def test_ece_is_zero_when_perfectly_calibrated_and_confident() -> None:
     probs = np.eye(3)[[0, 1, 2, 0]]
     assert expected_calibration_error(probs, np.array([0, 1, 2, 0])) == 0.0
+
+
+def test_decide_calls_the_top_class_unless_it_is_unsure_or_the_gate_flagged_it() -> None:
+    probs = {"covid": 0.7, "pneumonia": 0.2, "normal": 0.1}
+    assert decide(probs, 0.6) == ("covid", 0.7)
+    assert decide(probs, 0.75) == ("uncertain", 0.7)
+    assert decide(probs, 0.6, flagged=True) == ("uncertain", 0.7)

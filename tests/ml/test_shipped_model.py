@@ -44,7 +44,7 @@ def test_the_int8_twin_agrees_with_the_float_twin_on_the_samples() -> None:
 def test_the_heatmap_stays_exact_and_matches_keras() -> None:
     from covidxray.imaging.heatmap import class_activation_map
 
-    onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL), load_runtime(DEFAULT_MODEL, "keras")
+    onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL, "onnx-float"), load_runtime(DEFAULT_MODEL, "keras")
     batch = np.stack([prepare(SAMPLES[0].read_bytes(), onnx_rt.info.input_size).tensor])
     (logits, features), (_, keras_features) = onnx_rt.run(batch), keras_rt.run(batch)
     kernel, bias = onnx_rt.output_weights
@@ -81,8 +81,26 @@ def test_shipped_model_predicts_the_stated_label_of_each_sample(runtime_name: st
 
 
 def test_onnx_twin_agrees_with_keras_on_the_samples() -> None:
-    onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL), load_runtime(DEFAULT_MODEL, "keras")
+    onnx_rt, keras_rt = load_runtime(DEFAULT_MODEL, "onnx-float"), load_runtime(DEFAULT_MODEL, "keras")
     batch = np.stack([prepare(p.read_bytes(), onnx_rt.info.input_size).tensor for p in SAMPLES])
     (lo, fo), (lk, fk) = onnx_rt.run(batch), keras_rt.run(batch)
     np.testing.assert_allclose(lo, lk, atol=1e-4)
     np.testing.assert_allclose(fo, fk, atol=1e-4)
+
+
+def test_the_served_twin_is_the_int8_one_within_its_bound() -> None:
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    int8 = meta["twins"]["onnx-int8"]
+    assert meta["serve"] == "onnx-int8"
+    assert int8["val"]["top1_agreement"] >= int8["min_top1_agreement"] >= 0.99
+    assert meta["ood"]["fitted_on"] == "onnx-int8"  # the gate judges the features of the twin that serves
+
+
+def test_the_int8_twin_picks_the_float_twins_class_on_the_samples() -> None:
+    float_rt, int8_rt = load_runtime(DEFAULT_MODEL, "onnx-float"), load_runtime(DEFAULT_MODEL, "onnx-int8")
+    batch = np.stack([prepare(p.read_bytes(), float_rt.info.input_size).tensor for p in SAMPLES])
+    (lf, _), (li, _) = float_rt.run(batch), int8_rt.run(batch)
+    pf, pi = softmax(lf, float_rt.info.temperature), softmax(li, int8_rt.info.temperature)
+    np.testing.assert_array_equal(pi.argmax(1), pf.argmax(1))
+    bound = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["twins"]["onnx-int8"]["val"]
+    assert np.abs(pi - pf).max() <= max(0.1, bound["max_probability_difference"])
