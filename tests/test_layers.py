@@ -4,7 +4,8 @@ Pure ast over covidxray/ (nothing is imported): absolute and relative imports, a
 functions and under TYPE_CHECKING alike. Rooms, top to bottom:
 
     entry points (covidxray, cli, gunicorn_conf, local_gunicorn): may import anything; nothing imports them
-    web > dicomnode > service (service, retention), archive > imaging, predictors, backends, ml, automl_standin > base
+    web > dicomnode > service (service, retention), archive
+        > imaging, predictors, backends, ml, automl_standin > base
 
 with, inside the middle floor: ml may import predictors and imaging, predictors and automl_standin
 may import imaging, automl_standin may import predictors; backends import only each other and base.
