@@ -3,7 +3,7 @@ stored copy only (the model sees the original pixels).
 
 Kept off the hot path: a screen of a few ms finds the margin bands (the outer fifth of each side)
 whose 512 px thumbnail holds a window dense with glyph-like sharp edges (a line of text at least
-about 1/70 of the width high); Tesseract reads only those, or all four bands of a DICOM that
+about 1/50 of the width high, often less); Tesseract reads only those, or all four bands of a DICOM that
 declares `BurnedInAnnotation = YES`. Each band is read twice, binarised for light-on-dark and for
 dark-on-light text. A word found blacks out its whole text line (the run of same-polarity pixels
 around it), so that a word Tesseract half-read on that line goes too. What it misses: text
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 BAND = 0.2  # the outer share of each side that is read
 SCREEN = 512  # the screen's thumbnail, long side
 WINDOW = (12, 40)  # a thumbnail window about one line of glyphs high (rows, columns)
+BLOCK = (4, 8)  # windows are placed on this grid (rows, columns), which WINDOW divides
 EDGE = 60  # a "sharp" step between neighbouring thumbnail pixels (0-255)
 GLYPHS = 0.33  # the share of sharp pixels in a window that looks like a line of text
 LIGHT, DARK = 235, 20  # what counts as burnt-in white and black
@@ -67,7 +68,7 @@ def suspect_bands(image: Image.Image) -> list[str]:
     if not h or not w or float(density[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].max()) >= GLYPHS:
         return []  # tiny, or glyph-dense in the middle too: noise or a photograph, not burnt-in text
     found = []
-    for name, (left, top, right, bottom) in bands(a.shape[1], a.shape[0]).items():
+    for name, (left, top, right, bottom) in bands(a.shape[1] // BLOCK[1], a.shape[0] // BLOCK[0]).items():
         region = density[top : min(h, bottom), left : min(w, right)]
         if region.size and float(region.max()) >= GLYPHS:
             found.append(name)
@@ -75,12 +76,18 @@ def suspect_bands(image: Image.Image) -> list[str]:
 
 
 def _window_density(strong: np.ndarray, window: tuple[int, int]) -> np.ndarray:
-    """The share of sharp pixels in each `window`-sized box (top-left anchored), by an integral image."""
-    wh, ww = window
-    if strong.shape[0] < wh or strong.shape[1] < ww:
+    """The share of sharp pixels in `window`-sized boxes on a grid of BLOCK steps (top-left anchored):
+    block sums by a reshape, then running sums over the small grid of blocks."""
+    (bh, bw), (wh, ww) = BLOCK, (window[0] // BLOCK[0], window[1] // BLOCK[1])
+    h, w = strong.shape[0] // bh * bh, strong.shape[1] // bw * bw
+    if h < bh * wh or w < bw * ww:
         return np.zeros((0, 0), dtype=np.float32)
-    ii = np.pad(strong.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return (ii[wh:, ww:] - ii[:-wh, ww:] - ii[wh:, :-ww] + ii[:-wh, :-ww]) / (wh * ww)  # type: ignore[no-any-return]
+    blocks = strong[:h, :w].reshape(h // bh, bh, w // bw, bw).sum(axis=(1, 3), dtype=np.int32)
+    rows = np.cumsum(blocks, axis=0)
+    rows = np.concatenate([rows[wh - 1 : wh], rows[wh:] - rows[:-wh]])  # sums over wh block rows
+    cols = np.cumsum(rows, axis=1)
+    boxes = np.concatenate([cols[:, ww - 1 : ww], cols[:, ww:] - cols[:, :-ww]], axis=1)
+    return boxes.astype(np.float32) / (wh * bh * ww * bw)  # type: ignore[no-any-return]
 
 
 def find_text(image: Image.Image, names: list[str]) -> Finding:
