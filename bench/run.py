@@ -94,12 +94,12 @@ def _run(plan: Plan, model: Path, base: Code | None) -> dict[str, Any]:
             with serve(
                 "service", work / "baseline", SECRET, token, images[-1], base.model, root=base.root
             ) as served:
-                results["baseline"].update(_original(served, plan, images, files, token, plan.levels))
+                results["baseline"].update(_latency_runs(served, plan, images, files, token, plan.levels))
         log.info("original design")
         with serve(
             "original", work / "original", SECRET, token, images[-1], model, plan.original_workers
         ) as served:
-            results["original"] = _original(served, plan, images, files, token)
+            results["original"] = _latency_runs(served, plan, images, files, token)
     return results
 
 
@@ -169,7 +169,7 @@ def _service(
     return {"cold_start_s": served.cold_start_s, "memory": memory, "served": served_out}
 
 
-def _original(
+def _latency_runs(
     served: Served,
     plan: Plan,
     images: tuple[BenchImage, ...],

@@ -31,7 +31,7 @@ def overlay_png(image: Image.Image, cam: np.ndarray, size: tuple[int, int]) -> b
     out_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     base = np.asarray(image.convert("L").resize(out_size, Image.Resampling.BILINEAR), dtype=np.float32)
     heat = Image.fromarray((normalise(cam) * 255).astype(np.uint8)).resize(out_size, Image.Resampling.BICUBIC)
-    colour = _colormap(np.asarray(heat, dtype=np.float32) / 255.0)
+    colour = _RAMP[np.asarray(heat)]  # the colour of each of the 256 levels, looked up
     blended = (1 - ALPHA) * base[..., None] + ALPHA * colour
     out = io.BytesIO()
     # zlib level 1: 5x faster than Pillow's default 6 on these grainy overlays, for 17 % more bytes
@@ -44,3 +44,7 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     stops = np.array([0.0, 0.35, 0.65, 1.0])
     colours = np.array([[30, 60, 200], [40, 200, 90], [250, 220, 40], [220, 30, 30]], dtype=np.float32)
     return np.stack([np.interp(values, stops, colours[:, channel]) for channel in range(3)], axis=-1)
+
+
+#: _colormap over the 256 levels of an 8-bit map, computed once.
+_RAMP = _colormap(np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
