@@ -58,6 +58,13 @@ test-deps: install
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "Debian's chromium is missing: the browser tests will be skipped (run as root to install it)"; fi; \
 	fi
+	@missing=""; for pair in Orthanc:orthanc dciodvfy:dicom3tools tesseract:tesseract-ocr; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "Debian's$$missing missing: the PACS, DICOM validation and burnt-in text tests will be skipped"; fi; \
+	fi
 
 test: test-deps beam-install
 	$(BIN)/pytest -q -n 2

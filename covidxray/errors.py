@@ -114,3 +114,10 @@ class BackendUnavailable(ApiError):
     """503: the prediction backend cannot answer now."""
 
     status, code, message = 503, "backend_unavailable", "the prediction backend is unavailable"
+
+
+class BurnedInText(ApiError):
+    """422: text is burnt into the pixels and COVIDXRAY_BURNED_IN=refuse."""
+
+    status, code = 422, "burned_in_text"
+    message = "the image has text burnt into its pixels (names, dates); send it without, or ask for redaction"

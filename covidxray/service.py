@@ -14,6 +14,7 @@ from uuid6 import uuid7
 from covidxray.backends.requestlog import PredictionRecord, RequestLog
 from covidxray.backends.storage import ImageStore
 from covidxray.errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
+from covidxray.imaging import clean_pixels
 from covidxray.imaging.heatmap import overlay_png
 from covidxray.imaging.prepare import Prepared, prepare
 from covidxray.predictors.base import Outcome, Predictor
@@ -53,8 +54,9 @@ def predict_upload(
     clinical: dict[str, Any],
     subject: str | None = None,
     explain: bool = False,
+    source: str = "upload",
 ) -> PredictionRecord:
-    """Check, predict, store and log one upload; return its record.
+    """Check, predict, store and log one upload; return its record (`source`: how the image came).
 
     Undecodable input raises before anything is stored. An image that the gate refuses, and a
     backend failure, keep the image and a record (status `refused` or `backend_unavailable`),
@@ -63,10 +65,13 @@ def predict_upload(
     started = time.perf_counter()
     predictor = services.predictor
     prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
+    kept = prepared.stored if prepared.stored is not None else data  # DICOM: the de-identified copy
+    text = clean_pixels.screen(prepared, kept, services.settings.burned_in)  # refuse: raises, nothing kept
     request_id = str(uuid7())
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     outcome, verdict, status, error = _gate_and_predict(services, prepared, data, explain)
-    kept = prepared.stored if prepared.stored is not None else data  # DICOM: the de-identified copy
+    if text is not None:  # redact: blacked out in the stored copy and the heatmap's image, after the model
+        kept = clean_pixels.redact(prepared, kept, text)
     stored = services.images.put(
         kept, EXTENSIONS[prepared.format], content_type=CONTENT_TYPES[prepared.format], request_id=request_id
     )
@@ -87,7 +92,9 @@ def predict_upload(
         subject=subject,
         warnings=prepared.warnings + (outcome.warnings if outcome else []),
         clinical=clinical,
-        dicom=prepared.dicom,
+        # the source study's UID is kept only for what came from a PACS (the FHIR ImagingStudy link)
+        dicom={k: v for k, v in prepared.dicom.items() if k != "study_uid" or source != "upload"},
+        source=source,
     )
     if verdict is not None:
         record.ood_score, record.ood_threshold = round(verdict.score, 4), round(verdict.threshold, 4)

@@ -16,6 +16,9 @@ MIN_SECRET_BYTES = 32
 
 #: COVIDXRAY_OOD: what the gate does with an input that is not a frontal chest radiograph
 OOD_MODES = ("refuse", "warn", "off")
+#: COVIDXRAY_BURNED_IN: what is done with text burnt into an image's pixels
+BURNED_IN_MODES = ("redact", "refuse", "keep")
+DICOM_DESTINATION_PREFIXES = ("dimse://", "dimse+tls://", "dicomweb+http://", "dicomweb+https://")
 
 
 class ConfigError(RuntimeError):
@@ -41,6 +44,11 @@ def _float(name: str, default: float) -> float:
         return float(raw) if raw is not None else default
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _path(name: str) -> Path | None:
+    raw = _env(name)
+    return Path(raw) if raw else None
 
 
 def parse_keys(raw: str) -> dict[str, str]:
@@ -83,6 +91,13 @@ class Settings:
     automl_api_endpoint: str | None = None
     automl_labels: str = "COVID-19=covid,PNEUMONIA=pneumonia,NORMAL=normal"
     automl_timeout: float = 10.0
+    dicom_ae_title: str = "COVIDXRAY"  # our AE title (listener, and calling AE of result C-STOREs)
+    dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles the listener accepts (empty: any)
+    dicom_destination: str | None = None  # dimse://AE@host:port or dicomweb+http(s)://host:port/path
+    burned_in: str = "redact"  # text burnt into pixels: redact | refuse | keep
+    dicom_tls_cert: Path | None = None  # the listener's certificate chain (PEM): DIMSE over TLS
+    dicom_tls_key: Path | None = None  # its private key (PEM)
+    dicom_tls_ca: Path | None = None  # CAs whose client certificates the listener requires (mutual TLS)
 
     @property
     def production(self) -> bool:
@@ -130,6 +145,15 @@ class Settings:
             automl_api_endpoint=_env("COVIDXRAY_AUTOML_API_ENDPOINT"),
             automl_labels=_env("COVIDXRAY_AUTOML_LABELS", cls.automl_labels) or cls.automl_labels,
             automl_timeout=_float("COVIDXRAY_AUTOML_TIMEOUT", 10.0),
+            dicom_ae_title=(_env("COVIDXRAY_DICOM_AE_TITLE", "COVIDXRAY") or "COVIDXRAY").strip(),
+            dicom_allowed_aes=tuple(
+                ae.strip() for ae in (_env("COVIDXRAY_DICOM_ALLOWED_AES", "") or "").split(",") if ae.strip()
+            ),
+            dicom_destination=_env("COVIDXRAY_DICOM_DESTINATION"),
+            burned_in=(_env("COVIDXRAY_BURNED_IN", "redact") or "redact").lower(),
+            dicom_tls_cert=_path("COVIDXRAY_DICOM_TLS_CERT"),
+            dicom_tls_key=_path("COVIDXRAY_DICOM_TLS_KEY"),
+            dicom_tls_ca=_path("COVIDXRAY_DICOM_TLS_CA"),
         )
         return replace(settings, **overrides)
 
@@ -137,6 +161,7 @@ class Settings:
         """Fill development secrets, or refuse production without strong ones."""
         if self.ood not in OOD_MODES:
             raise ConfigError(f"COVIDXRAY_OOD must be one of {', '.join(OOD_MODES)}, got {self.ood!r}")
+        self._check_dicom()
         if self.production:
             missing = self._weak_production_secrets()
             if missing:
@@ -148,6 +173,25 @@ class Settings:
         secret_key = self.secret_key or _dev_secret(self.data_dir / "secret_key")
         jwt_keys = self.jwt_keys or {"": _dev_secret(self.data_dir / "jwt_secret")}
         return replace(self, secret_key=secret_key, jwt_keys=jwt_keys)
+
+    def _check_dicom(self) -> None:
+        """The DICOM node's settings: AE titles of 1-16 characters, a known destination and mode."""
+        if self.burned_in not in BURNED_IN_MODES:
+            raise ConfigError(f"COVIDXRAY_BURNED_IN must be one of {', '.join(BURNED_IN_MODES)}")
+        for name, ae in [("COVIDXRAY_DICOM_AE_TITLE", self.dicom_ae_title)] + [
+            ("COVIDXRAY_DICOM_ALLOWED_AES", ae) for ae in self.dicom_allowed_aes
+        ]:
+            if not 0 < len(ae) <= 16 or "\\" in ae or not ae.isprintable():
+                raise ConfigError(f"{name}: an AE title has 1 to 16 printable characters, got {ae!r}")
+        destination = self.dicom_destination
+        if destination and not destination.startswith(DICOM_DESTINATION_PREFIXES):
+            raise ConfigError(
+                "COVIDXRAY_DICOM_DESTINATION must start with " + ", ".join(DICOM_DESTINATION_PREFIXES)
+            )
+        if bool(self.dicom_tls_cert) != bool(self.dicom_tls_key):
+            raise ConfigError("COVIDXRAY_DICOM_TLS_CERT and COVIDXRAY_DICOM_TLS_KEY go together")
+        if self.production and not self.dicom_allowed_aes:
+            log.warning("COVIDXRAY_DICOM_ALLOWED_AES is empty: the DICOM listener accepts any calling AE")
 
     def _weak_production_secrets(self) -> list[str]:
         missing = []

@@ -4,7 +4,8 @@ Pure ast over covidxray/ (nothing is imported): absolute and relative imports, a
 functions and under TYPE_CHECKING alike. Rooms, top to bottom:
 
     entry points (covidxray, cli, gunicorn_conf, local_gunicorn): may import anything; nothing imports them
-    web > service (service, retention), archive > imaging, predictors, backends, ml, automl_standin > base
+    web > dicomnode > service (service, retention), archive
+        > imaging, predictors, backends, ml, automl_standin > base
 
 with, inside the middle floor: ml may import predictors and imaging, predictors and automl_standin
 may import imaging, automl_standin may import predictors; backends import only each other and base.
@@ -22,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "covidxray"
 MAY_IMPORT: dict[str, set[str]] = {
     "entry": {
         "web",
+        "dicomnode",
         "service",
         "archive",
         "imaging",
@@ -31,7 +33,8 @@ MAY_IMPORT: dict[str, set[str]] = {
         "automl_standin",
         "base",
     },
-    "web": {"service", "imaging", "predictors", "backends", "ml", "automl_standin", "base"},
+    "web": {"dicomnode", "service", "imaging", "predictors", "backends", "ml", "automl_standin", "base"},
+    "dicomnode": {"service", "imaging", "predictors", "backends", "base"},
     "service": {"imaging", "predictors", "backends", "base"},
     "archive": {"imaging", "predictors", "backends", "base"},
     "ml": {"imaging", "predictors", "base"},
@@ -41,7 +44,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "backends": {"base"},
     "base": set(),
 }
-SUBPACKAGES = {"web", "archive", "imaging", "predictors", "backends", "ml", "automl_standin"}
+SUBPACKAGES = {"web", "dicomnode", "archive", "imaging", "predictors", "backends", "ml", "automl_standin"}
 TOP_LEVEL = {
     "covidxray": "entry",
     "covidxray.cli": "entry",

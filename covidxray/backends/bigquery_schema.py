@@ -16,7 +16,12 @@ _REQUIRED |= {"status": _S, "image_uri": _S, "sha256": _S, "format": _S, "size_b
 _REQUIRED |= {"height": _I, "latency_ms": _F}
 _NULLABLE = {"subject": "STRING", "predicted_class": "STRING", "score": "FLOAT"}
 _NULLABLE |= {"ood_score": "FLOAT", "ood_threshold": "FLOAT"}
-_TYPES = {"sex": "STRING", "modality": "STRING", "view_position": "STRING"}  # other clinical/DICOM: INTEGER
+_TYPES = {
+    "sex": "STRING",
+    "modality": "STRING",
+    "view_position": "STRING",
+    "study_uid": "STRING",
+}  # other clinical/DICOM: INTEGER
 SCHEMA = [
     *(SchemaField(name, kind, mode="REQUIRED") for name, kind in _REQUIRED.items()),
     *(SchemaField(name, kind) for name, kind in _NULLABLE.items()),
@@ -24,6 +29,7 @@ SCHEMA = [
     SchemaField("warnings", "STRING", mode="REPEATED"),
     *(SchemaField(name, _TYPES.get(name, "INTEGER")) for name in (*CLINICAL_FIELDS, *DICOM_FIELDS)),
     SchemaField("heatmap_uri", "STRING"),
+    SchemaField("source", "STRING"),
 ]
 AUDIT_SCHEMA = [
     SchemaField("at", "TIMESTAMP", mode="REQUIRED"),
@@ -55,6 +61,7 @@ def from_row(row: Any) -> PredictionRecord:
     return PredictionRecord(
         **plain,
         heatmap_uri=data.get("heatmap_uri"),
+        source=data.get("source") or "upload",
         probabilities=probs or None,
         warnings=list(data.get("warnings") or []),
         clinical={name: data[name] for name in CLINICAL_FIELDS if data.get(name) is not None},

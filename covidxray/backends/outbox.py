@@ -73,8 +73,15 @@ class Shipper(Protocol):
 class Outbox:
     """The queue: one SQLite file shared by the workers of a host (WAL, synchronous=FULL)."""
 
-    def __init__(self, path: str | Path, base_delay: float = BASE_DELAY, max_delay: float = MAX_DELAY):
+    def __init__(
+        self,
+        path: str | Path,
+        base_delay: float = BASE_DELAY,
+        max_delay: float = MAX_DELAY,
+        secure_delete: bool = False,  # overwrite deleted rows (bodies that carry identifiers)
+    ):
         self.path = Path(path)
+        self.secure_delete = secure_delete
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.base_delay, self.max_delay = base_delay, max_delay
         self.wake = threading.Event()
@@ -88,6 +95,8 @@ class Outbox:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            if self.secure_delete:
+                conn.execute("PRAGMA secure_delete=ON")
             self._local.conn = conn
         return conn
 

@@ -48,10 +48,11 @@ class PredictionRecord:
     probabilities: dict[str, float] | None = None
     warnings: list[str] = field(default_factory=list)
     clinical: dict[str, Any] = field(default_factory=dict)
-    dicom: dict[str, Any] = field(default_factory=dict)  # modality, view_position, bits_stored
+    dicom: dict[str, Any] = field(default_factory=dict)  # modality, view_position, bits_stored, study_uid
     heatmap_uri: str | None = None
     ood_score: float | None = None  # the gate's score (higher: less like a frontal chest film)
     ood_threshold: float | None = None  # the gate's threshold when it judged
+    source: str = "upload"  # how the image came: upload (form, API), dicom (DIMSE), stow (STOW-RS)
 
 
 class RequestLog(ABC):
@@ -123,8 +124,12 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE predictions ADD COLUMN ood_score REAL;
     ALTER TABLE predictions ADD COLUMN ood_threshold REAL;
     """,
+    """
+    ALTER TABLE predictions ADD COLUMN source TEXT NOT NULL DEFAULT 'upload';
+    ALTER TABLE predictions ADD COLUMN study_uid TEXT;
+    """,
 ]
-DICOM_FIELDS = ("modality", "view_position", "bits_stored")
+DICOM_FIELDS = ("modality", "view_position", "bits_stored", "study_uid")
 _LABEL_COLUMNS = {"prob_covid": "covid", "prob_pneumonia": "pneumonia", "prob_normal": "normal"}
 _PLAIN = [
     f.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from covidxray.cli import archive, evaluate, model, predict, service
+from covidxray.cli import archive, dicom, evaluate, model, predict, service
 
 
 @click.group()
@@ -21,6 +21,7 @@ for command in (
     service.token,
     service.automl_emulator,
     service.bigquery_init,
+    dicom.dicom_listen,
     archive.score_archive,
 ):
     main.add_command(command)

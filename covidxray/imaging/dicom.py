@@ -138,6 +138,7 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedDicom:
     bits = ds.get("BitsStored")
     image = _render(pixel_array(ds, index=0), ds)
     fields = {"modality": modality, "view_position": view, "bits_stored": int(bits) if bits else None}
+    fields["study_uid"] = str(ds.get("StudyInstanceUID") or "")[:64] or None  # kept only for PACS inputs
     return DecodedDicom(image=image, fields=fields, deidentified=deidentify(ds), warnings=notes)
 
 

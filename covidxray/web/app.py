@@ -11,13 +11,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from covidxray.backends.buffered import wrap_cloud_backends
 from covidxray.backends.registry import open_image_store, open_request_log
+from covidxray.dicomnode.results import open_results
 from covidxray.predictors.base import Predictor
 from covidxray.predictors.factory import make_predictor
 from covidxray.predictors.gate import Guard, open_guard
 from covidxray.retention import start_sweeper
 from covidxray.service import Services
 from covidxray.settings import Settings
-from covidxray.web import api, docs, errorhandlers, history, metrics, pages, security
+from covidxray.web import api, dicomweb, docs, errorhandlers, history, metrics, pages, security
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,18 @@ def create_app(
     if outbox is not None:  # cloud backends: writes go through the local outbox, shipped in the background
         app.extensions["covidxray.outbox"] = outbox
         outbox.start()
+    sender = open_results(settings)  # COVIDXRAY_DICOM_DESTINATION: SR and SC back to the PACS
+    if sender is not None:
+        app.extensions["covidxray.dicom"] = sender
+        sender.start()
     if settings.retention_days is not None:
         start_sweeper(services, settings.retention_days)
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
+    csrf.exempt(dicomweb.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(dicomweb.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(history.bp)
     errorhandlers.init_app(app)

@@ -26,7 +26,7 @@ _HTTP = {404: NotFound, 405: MethodNotAllowed, 413: TooLarge, 429: RateLimited}
 
 def wants_json() -> bool:
     """True for API routes and for clients that prefer JSON over HTML."""
-    if request.path.startswith("/api/"):
+    if request.path.startswith(("/api/", "/dicomweb/")):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return (

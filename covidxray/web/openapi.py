@@ -157,6 +157,38 @@ def _by_id(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_FHIR = {"application/fhir+json": {"schema": {"type": "object", "required": ["resourceType"]}}}
+_STOW_RESPONSE = {
+    "type": "object",
+    "description": "PS3.18 Store Instances Response Module as DICOM JSON: 00081199 ReferencedSOPSequence "
+    "(each item's 00081190 RetrieveURL is the prediction), 00081198 FailedSOPSequence (each item's "
+    "00081197 FailureReason: 0xA900 not a CR/DX radiograph or no pixel data, 0xC000 not DICOM or "
+    "undecodable, 0xC001 not a chest radiograph, 0xC002 burnt-in text refused, 0xA700 backend unavailable)",
+}
+
+
+def _stow_operation() -> dict[str, Any]:
+    dicom_json = {"application/dicom+json": {"schema": {"$ref": "#/components/schemas/StowResponse"}}}
+    return {
+        "summary": "STOW-RS: store DICOM radiographs (PS3.18 10.5); each is predicted like an upload",
+        "security": [{"bearer": []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                'multipart/related; type="application/dicom"': {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "every instance stored", "content": dicom_json},
+            "202": {"description": "some instances failed (FailedSOPSequence)", "content": dicom_json},
+            "409": {"description": "no instance stored (FailedSOPSequence)", "content": dicom_json},
+            **_errors(400, 401, 403, 413, 415),
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """The API description served at `/api/openapi.json`."""
     prediction = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}}}
@@ -176,9 +208,21 @@ def openapi_document() -> dict[str, Any]:
                 "get": _by_id("Read a prediction", {"200": {"description": "the prediction", **prediction}}),
                 "delete": _by_id("Erase a prediction and its image", {"204": {"description": "erased"}}),
             },
+            "/api/v1/predictions/{request_id}/fhir": {
+                "get": _by_id(
+                    "Read a prediction as an HL7 FHIR R4 DiagnosticReport",
+                    {"200": {"description": "the DiagnosticReport", "content": _FHIR}},
+                )
+            },
+            "/dicomweb/studies": {"post": _stow_operation()},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"Prediction": _PREDICTION, "Error": _ERROR, "Batch": _BATCH},
+            "schemas": {
+                "Prediction": _PREDICTION,
+                "Error": _ERROR,
+                "Batch": _BATCH,
+                "StowResponse": _STOW_RESPONSE,
+            },
         },
     }

@@ -242,7 +242,8 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["ready"] is True and ready.get_json()["runtime"] == "onnx-int8"  # as `serve` names
+    assert ready.get_json()["ready"] is True
+    assert ready.get_json()["runtime"] == "onnx-int8"  # as `serve` names
 
 
 def test_metrics_count_requests_and_predictions(client, auth, sample_jpeg):

@@ -1,0 +1,33 @@
+"""One DICOM instance through the use case (checks, de-identified copy stored, record, prediction),
+then, with a destination, its SR and secondary capture queued for the PACS."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+from PIL import Image
+
+from covidxray import service
+from covidxray.backends.requestlog import PredictionRecord
+from covidxray.dicomnode.results import ResultSender
+from covidxray.imaging.dicom import decode_dicom
+from covidxray.service import Services
+
+
+def receive(
+    services: Services, sender: ResultSender | None, data: bytes, subject: str, source: str
+) -> PredictionRecord:
+    """Predict one DICOM file (`source`: dicom or stow); queue its results when a sender is set."""
+    record = service.predict_upload(services, data, {}, subject, explain=sender is not None, source=source)
+    if sender is not None and record.status == "ok":
+        original = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        sender.enqueue(original, record, _picture(services, record, data))
+    return record
+
+
+def _picture(services: Services, record: PredictionRecord, data: bytes) -> Image.Image:
+    """The class activation map over the image, or the rendered image when the backend gives none."""
+    if record.heatmap_uri:
+        return Image.open(io.BytesIO(services.images.get(record.heatmap_uri))).convert("RGB")
+    return decode_dicom(data, services.settings.max_pixels).image
