@@ -110,11 +110,6 @@ class ResultSender:
                 self.outbox.wake.wait(wait)
 
 
-def open_results(settings: Settings) -> ResultSender | None:
-    """The result sender of `settings` (None without a destination: results stay in the request log)."""
-    return ResultSender(settings) if settings.dicom_destination else None
-
-
 def describe(sender: ResultSender) -> dict[str, object]:
     """For /readyz: the destination's kind and the queue's depth and age (never the host)."""
     return {"destination": "dimse" if sender.destination.dimse else "dicomweb", **sender.outbox.state()}

@@ -14,10 +14,7 @@ import logging
 import shutil
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from covidxray.errors import BurnedInText
 from covidxray.imaging.burned_in import Finding, bands, blacken, find_text, suspect_bands
@@ -68,6 +65,8 @@ def redact(prepared: Prepared, kept: bytes, finding: Finding) -> bytes:
 
 def _declared(kept: bytes) -> bool:
     """Whether a DICOM copy says BurnedInAnnotation = YES."""
+    import pydicom  # here, as in `prepare`: only DICOM inputs load it
+
     try:
         ds = pydicom.dcmread(io.BytesIO(kept), stop_before_pixels=True)
         return str(ds.get("BurnedInAnnotation") or "").upper() == "YES"
@@ -76,6 +75,10 @@ def _declared(kept: bytes) -> bool:
 
 
 def _redact_dicom(kept: bytes, finding: Finding, scale: tuple[float, float]) -> bytes:
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
     ds = pydicom.dcmread(io.BytesIO(kept))
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()

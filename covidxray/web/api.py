@@ -8,7 +8,6 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from covidxray import service
 from covidxray.backends.requestlog import PredictionRecord
-from covidxray.dicomnode.results import describe as describe_results
 from covidxray.errors import (
     ApiError,
     InvalidField,
@@ -140,6 +139,8 @@ def readyz() -> Any:
     if outbox is not None:
         body["outbox"] = outbox.state()
     if "covidxray.dicom" in current_app.extensions:  # told, never judged, like the cloud outbox
+        from covidxray.dicomnode.results import describe as describe_results
+
         body["dicom_results"] = describe_results(current_app.extensions["covidxray.dicom"])
     return jsonify(body), (200 if predictor.ready else 503)
 

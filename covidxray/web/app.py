@@ -11,7 +11,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from covidxray.backends.buffered import wrap_cloud_backends
 from covidxray.backends.registry import open_image_store, open_request_log
-from covidxray.dicomnode.results import open_results
 from covidxray.predictors.base import Predictor
 from covidxray.predictors.factory import make_predictor
 from covidxray.predictors.gate import Guard, open_guard
@@ -65,8 +64,10 @@ def create_app(
     if outbox is not None:  # cloud backends: writes go through the local outbox, shipped in the background
         app.extensions["covidxray.outbox"] = outbox
         outbox.start()
-    sender = open_results(settings)  # COVIDXRAY_DICOM_DESTINATION: SR and SC back to the PACS
-    if sender is not None:
+    if settings.dicom_destination:  # SR and SC back to the PACS (highdicom is imported only then)
+        from covidxray.dicomnode.results import ResultSender
+
+        sender = ResultSender(settings)
         app.extensions["covidxray.dicom"] = sender
         sender.start()
     if settings.retention_days is not None:
