@@ -55,7 +55,7 @@ class OnnxRuntime:
     def __init__(self, onnx_path: str | Path, info: ModelInfo, threads: int = 1, name: str = "onnx"):
         import onnxruntime as ort
 
-        # Chosen by measurement (bench/twins.py; README "Serving speed"): one thread per worker (the
+        # Chosen by measurement (bench/twins.py; README "Performance"): one thread per worker (the
         # workers take a core each), every graph optimisation (basic alone runs the float twin 1.4x and
         # the int8 twin 1.9x slower: it skips the NCHWc layout and the QDQ fusions), the memory arena on
         # (off made no measurable difference), operators run sequentially.
