@@ -26,20 +26,16 @@ class Code:
     label: str  # "today" or the ref
     root: Path
     commit: str
-
-    @property
-    def model(self) -> Path:
-        """The model shipped in that tree."""
-        return self.root / "app-keras" / "model" / "covidxray-cnn.keras"
+    model: Path  # the .keras model timed with it (a checkout: the one shipped in that tree)
 
     def environment(self) -> dict[str, str]:
         """The environment that makes a Python process import this tree's covidxray."""
         return {**os.environ, "PYTHONPATH": str(self.root)}
 
 
-def today() -> Code:
-    """The working tree the benchmark runs from."""
-    return Code("today", ROOT, _git("rev-parse", "--short", "HEAD"))
+def today(model: Path) -> Code:
+    """The working tree the benchmark runs from, with `model`."""
+    return Code("today", ROOT, _git("rev-parse", "--short", "HEAD"), model)
 
 
 @contextmanager
@@ -50,7 +46,7 @@ def checkout(ref: str) -> Iterator[Code]:
         tree = Path(tmp) / "tree"
         _git("worktree", "add", "--detach", str(tree), commit)
         try:
-            yield Code(ref, tree, commit)
+            yield Code(ref, tree, commit, tree / "app-keras" / "model" / "covidxray-cnn.keras")
         finally:
             _git("worktree", "remove", "--force", str(tree))
 

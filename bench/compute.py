@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -77,23 +76,3 @@ def compute_limit(image: BenchImage, model: Path, seconds: float) -> float:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-
-
-def stage_times(image: BenchImage, model: Path, repeats: int) -> dict[str, float]:
-    """Median milliseconds of `prepare` and of inference + softmax for one image, in this process."""
-    from covidxray.imaging.prepare import prepare
-
-    predictor = _loaded(model)
-    prep, infer = [], []
-    for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        prepared = prepare(image.data, predictor.input_size)
-        t1 = time.perf_counter()
-        predictor.predict(prepared, image.data)
-        t2 = time.perf_counter()
-        prep.append(t1 - t0)
-        infer.append(t2 - t1)
-    return {
-        "prepare_ms": round(statistics.median(prep[2:]) * 1000, 2),
-        "inference_ms": round(statistics.median(infer[2:]) * 1000, 2),
-    }

@@ -14,10 +14,9 @@ from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
 
 from . import speedups
-from .baseline import Code, checkout, today
-from .baseline import stage_times as compared_stage_times
+from .baseline import Code, checkout, stage_times, today
 from .clients import Load, run_python, run_wrk, wrk_path
-from .compute import PROCESSES, compute_limit, stage_times
+from .compute import PROCESSES, compute_limit
 from .images import BenchImage, bench_images
 from .machine import cpu_ticks, describe
 from .plan import Plan
@@ -58,31 +57,32 @@ def _run(plan: Plan, model: Path, base: Code | None) -> dict[str, Any]:
     }
     if base is not None:
         results["baseline"] = {"ref": base.label, "commit": base.commit, "model": _model_info(base.model)}
-    log.info("compute limit")
-    results["compute"] = {
-        i.name: {
-            "images_per_s": round(compute_limit(i, model, plan.compute_seconds), 1),
-            **stage_times(i, model, plan.stage_repeats),
-        }
-        for i in images
-    }
-    log.info("speed-ups one by one")
-    results["speedups"] = {
-        "decoders": speedups.decoders(images, plan.stage_repeats),
-        "twins": speedups.twins(model, 10 * plan.stage_repeats),
-    }
     with tempfile.TemporaryDirectory(prefix="covidxray-bench-") as tmp:
         work = Path(tmp)
         files = {}
         for image in images:
             files[image.name] = work / image.filename
             files[image.name].write_bytes(image.data)
+        log.info("per-image compute%s", f", today beside {base.label}" if base else "")
+        codes = [today(model)] if base is None else [base, today(model)]
+        rounds = 1 if plan.quick else 3
+        stages = {name: stage_times(codes, path, plan.stage_repeats, rounds) for name, path in files.items()}
         if base is not None:
-            log.info("per-image compute, today beside %s", base.label)
-            results["stages"] = {
-                name: compared_stage_times([base, today()], path, plan.stage_repeats, 1 if plan.quick else 3)
-                for name, path in files.items()
+            results["stages"] = stages
+        log.info("compute limit")
+        results["compute"] = {
+            i.name: {
+                "images_per_s": round(compute_limit(i, model, plan.compute_seconds), 1),
+                "prepare_ms": stages[i.name]["today"]["prepare_ms"],
+                "inference_ms": stages[i.name]["today"]["inference_ms"],
             }
+            for i in images
+        }
+        log.info("speed-ups one by one")
+        results["speedups"] = {
+            "decoders": speedups.decoders(images, plan.stage_repeats),
+            "twins": speedups.twins(model, 10 * plan.stage_repeats),
+        }
         log.info("service")
         with serve("service", work / "service", SECRET, token, images[-1], model) as served:
             results["service"] = _service(served, plan, images, files, token)

@@ -230,7 +230,11 @@ def int8_twin_for(model_path: Path, data_dir: Path) -> dict:
     pick = np.sort(np.random.default_rng(seed).permutation(len(train_files))[:128])
     calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
     x_val = load_arrays(val_files, size).astype(np.float32) / 255.0
-    return add_int8_twin(model_path, meta, calib, x_val, y_val)["twins"]["onnx-int8"]
+    meta = add_int8_twin(model_path, meta, calib, x_val, y_val)
+    fitted_on = meta.get("ood", {}).get("fitted_on", "onnx-float")
+    if "ood" in meta and fitted_on != meta["serve"]:
+        log.warning("the gate was fitted on the %s twin's features; refit it: covidxray gate", fitted_on)
+    return meta["twins"]["onnx-int8"]
 
 
 def add_int8_twin(out: Path, meta: dict, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> dict:
