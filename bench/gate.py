@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.predictors.gate import open_guard
+from covidxray.predictors.gate import open_guard, summarize
 from covidxray.predictors.keras import KerasPredictor
 from covidxray.predictors.runtime import DEFAULT_MODEL
 
@@ -54,12 +54,12 @@ def main() -> None:
 
     def with_gate() -> object:
         outcome = predictor.predict(prepared, data)
-        return guard.check(prepared, outcome.pooled)
+        return guard.check(prepared, outcome.gate_input)
 
     def naive() -> object:
         predictor.predict(prepared, data)
         _, features = predictor.logits(prepared.tensor[None])
-        return guard.check(prepared, np.asarray(features)[0].mean(axis=(0, 1)))
+        return guard.check(prepared, summarize(np.asarray(features)[0]))
 
     rows = [(name, median_ms(step, args.repeats)) for name, step in
             (("classifier alone", classifier), ("classifier + gate (served)", with_gate),

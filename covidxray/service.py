@@ -127,7 +127,7 @@ def _gate_and_predict(
     """Ask the gate and the predictor: (outcome, verdict, status, error to raise once recorded).
 
     A backend that yields no features (AutoML) is asked only after the gate passed the image
-    (or under `warn`); our own model's forward pass feeds the gate its pooled features.
+    (or under `warn`); our own model's forward pass feeds the gate its feature maps.
     """
     predictor, guard = services.predictor, services.guard
     verdict = guard.check(prepared) if guard and guard.needs_features else None
@@ -138,7 +138,7 @@ def _gate_and_predict(
         except BackendUnavailable as exc:
             return None, verdict, exc.code, exc
     if guard is not None and verdict is None and outcome is not None:
-        verdict = guard.check(prepared, outcome.pooled)
+        verdict = guard.check(prepared, outcome.gate_input)
     if verdict is not None and not verdict.passed and guard is not None and guard.mode == "refuse":
         return None, verdict, "refused", NotChestRadiograph(verdict.message())
     return outcome, verdict, "ok", None

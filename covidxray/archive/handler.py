@@ -1,6 +1,6 @@
 """The RunInference model handler for our ONNX twin: Beam's `OnnxModelHandlerNumpy`, loading the twin
-through `load_runtime` (the one serving loads, with its metadata) and returning logits and pooled
-features, from which `records.score` makes the answer with the serving code."""
+through `load_runtime` (the one serving loads, with its metadata) and returning logits and the gate's
+summary of the feature maps, from which `records.score` makes the answer with the serving code."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 
+from covidxray.predictors.gate import summarize
 from covidxray.predictors.runtime import DEFAULT_MODEL, OnnxRuntime, load_runtime
 
 #: The Beam metrics namespace of the pipeline's counters and RunInference's own.
@@ -48,10 +49,10 @@ class TwinModelHandler(OnnxModelHandlerNumpy):  # type: ignore[misc]
     def run_inference(
         self, batch: Sequence[np.ndarray], model: OnnxRuntime, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        """Logits and pooled last feature maps of each tensor in `batch`."""
+        """Logits and the gate's summary of the feature maps (`gate.summarize`) of each tensor in `batch`."""
         logits, features = model.run(np.stack(batch))
         return [
-            PredictionResult(example, (row, maps.mean(axis=(0, 1))), model.info.version)
+            PredictionResult(example, (row, summarize(maps)), model.info.version)
             for example, row, maps in zip(batch, logits, features, strict=True)
         ]
 

@@ -94,7 +94,7 @@ def _as_api_error(exc: Exception) -> ApiError:
 
 
 class ScoreImage(beam.DoFn):  # type: ignore[misc]
-    """(description, (logits, pooled features)) → the result line, or a failure line (the gate's refusal)."""
+    """(description, (logits, the gate's summary)) → the result line, or a failure line (gate refusals)."""
 
     def __init__(self, model_path: str | None, ood: str, uncertain_below: float):
         self.model_path, self.ood, self.uncertain_below = model_path, ood, uncertain_below
@@ -108,10 +108,10 @@ class ScoreImage(beam.DoFn):  # type: ignore[misc]
 
     def process(self, element: tuple[Decoded, PredictionResult]) -> Iterator[Any]:
         decoded, result = element
-        logits, pooled = result.inference
+        logits, summary = result.inference
         progress.advance()
         try:
-            line = score(decoded, np.asarray(logits), np.asarray(pooled), self.scoring)
+            line = score(decoded, np.asarray(logits), np.asarray(summary), self.scoring)
         except Exception as exc:  # the gate's refusal, or a bug: never stops the archive
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(

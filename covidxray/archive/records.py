@@ -95,12 +95,12 @@ def _dicom_bytes(dataset: Any) -> bytes:
     return out.getvalue()
 
 
-def score(decoded: Decoded, logits: np.ndarray, pooled: np.ndarray, scoring: Scoring) -> dict[str, Any]:
+def score(decoded: Decoded, logits: np.ndarray, summary: np.ndarray, scoring: Scoring) -> dict[str, Any]:
     """The result line of one scored file, as `covidxray predict --json` rounds it; NotChestRadiograph
     when the gate refuses it (COVIDXRAY_OOD=refuse)."""
     info = scoring.info
     probs = softmax(logits, info.temperature)
-    verdict = _verdict(decoded, pooled, scoring.guard)
+    verdict = _verdict(decoded, summary, scoring.guard)
     refusal = verdict.message() if verdict is not None and not verdict.passed else None
     if refusal and scoring.guard is not None and scoring.guard.mode == "refuse":
         raise NotChestRadiograph(refusal)
@@ -121,11 +121,11 @@ def score(decoded: Decoded, logits: np.ndarray, pooled: np.ndarray, scoring: Sco
     }
 
 
-def _verdict(decoded: Decoded, pooled: np.ndarray, guard: Guard | None) -> Verdict | None:
-    """The gate's verdict from the classifier's pooled features (None when the gate is off)."""
+def _verdict(decoded: Decoded, summary: np.ndarray, guard: Guard | None) -> Verdict | None:
+    """The gate's verdict from its summary of the classifier's feature maps (None when the gate is off)."""
     if guard is None:
         return None
-    return guard.gate.judge(np.asarray(pooled, np.float32), list(decoded.warnings))
+    return guard.gate.judge(np.asarray(summary, np.float32), list(decoded.warnings))
 
 
 def failure(path: str, error: ApiError, model: dict[str, str]) -> dict[str, Any]:

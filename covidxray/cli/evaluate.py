@@ -107,6 +107,8 @@ def _evaluate(
 
 def _gate_figures(model_path: Path, files: list[Path], ood_dir: Path) -> dict[str, Any]:
     """The gate's figures: DATA's frontal films refused, and each kind under OOD caught."""
+    import json
+
     from covidxray.ml.gate_fit import evaluate_gate, kind_folders
     from covidxray.predictors.gate import Gate, gate_path
     from covidxray.predictors.runtime import load_runtime
@@ -114,9 +116,11 @@ def _gate_figures(model_path: Path, files: list[Path], ood_dir: Path) -> dict[st
     path = gate_path(model_path)
     if path is None or not path.is_file():
         raise click.ClickException(f"{model_path} has no gate; fit one with `covidxray gate`")
-    return evaluate_gate(
-        Gate.load(path), load_runtime(model_path, "onnx-float"), files, kind_folders(ood_dir)
-    )
+    result = evaluate_gate(Gate.load(path), load_runtime(model_path), files, kind_folders(ood_dir))
+    entry = json.loads(model_path.with_suffix(".json").read_text())["ood"]
+    if entry.get("cross_validated"):  # the head learnt from the known kinds: these figures are honest
+        result["cross_validated"] = entry["cross_validated"]
+    return result
 
 
 def _gate_table(result: dict[str, Any]) -> str:
@@ -125,6 +129,10 @@ def _gate_table(result: dict[str, Any]) -> str:
     lines = [f"gate (threshold {threshold:.3f}): {frontal['refused']}/{frontal['n']} frontal films refused"]
     for kind, row in result["kinds"].items():
         lines.append(f"  {kind}: {row['caught']}/{row['n']} caught, {row['named']} named as {kind}")
+    if "cross_validated" in result:
+        lines.append("  caught by a head that never saw the patient (patient-grouped cross-validation):")
+        for kind, row in result["cross_validated"]["kinds"].items():
+            lines.append(f"    {kind}: {row['caught']}/{row['n']}")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3  # the head's (the whole network's for scratch)
     backbone_learning_rate: float = 2e-5  # pretrained only
+    bn_momentum: float = 0.0  # pretrained only; 0: ImageNet batch-norm statistics frozen, else re-estimated
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     dropout: float = 0.2

@@ -101,7 +101,7 @@ def fit_pretrained(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN0
 
     x_train, y_train, w_train, x_val, y_val = data
     keras.utils.set_random_seed(seed)
-    model = build_pretrained(cfg.backbone, cfg.size, len(LABELS), cfg.dropout)
+    model = build_pretrained(cfg.backbone, cfg.size, len(LABELS), cfg.dropout, bn_momentum=cfg.bn_momentum)
     head_history = warm_up_head(model, x_train, y_train, w_train, cfg)
     per_epoch = int(np.ceil(len(x_train) / cfg.batch_size))
     steps, warm = max(2, cfg.epochs * per_epoch), min(per_epoch, max(1, cfg.epochs * per_epoch // 4))

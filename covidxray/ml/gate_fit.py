@@ -11,31 +11,105 @@ from typing import Any
 
 import numpy as np
 
-from covidxray.predictors.gate import KIND_WORDS, Gate, pooled_of_files
+from covidxray.predictors.gate import KIND_WORDS, Gate, LayoutHead, summaries_of_files
+
+#: inverse regularisation strength of the layout head's logistic regression
+HEAD_C = 0.1
 
 
 def fit(
     train: np.ndarray,
     labels: np.ndarray,
     val: np.ndarray,
-    max_false_refusals: float = 0.005,
+    max_false_refusals: float = 0.01,
     kinds: dict[str, np.ndarray] | None = None,
 ) -> Gate:
-    """Fit the gate on training films' pooled features (n, d) and their labels; set the threshold so that
-    at most `max_false_refusals` of the val films' scores lie above it. `kinds` maps a known kind of
-    non-frontal input to examples of its pooled features (used only to name what an input looks like)."""
+    """Fit the gate on training films' summaries (n, (1 + GRID²) c, from `summarize`) and their labels.
+
+    The density test's threshold lets through all but half of `max_false_refusals` of the val films; the
+    layout head, fitted when `kinds` maps known kinds of non-frontal input to examples of their
+    summaries, gets a threshold such that both tests together refuse at most `max_false_refusals` of the
+    val films. The means of the kinds that have words (KIND_WORDS) name what a refused input looks like.
+    """
     from sklearn.covariance import LedoitWolf
 
+    channels = _channels(train)
+    pooled = train[:, :channels]
     classes = np.unique(labels)
-    means = np.stack([train[labels == c].mean(axis=0) for c in classes])
-    centred = train - means[np.searchsorted(classes, labels)]
+    means = np.stack([pooled[labels == c].mean(axis=0) for c in classes])
+    centred = pooled - means[np.searchsorted(classes, labels)]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     gate = Gate(means.astype(np.float32), precision.astype(np.float32), threshold=np.inf)
-    gate.threshold = float(np.quantile(gate.scores(val), 1.0 - max_false_refusals))
+    gate.threshold = float(np.quantile(gate.density(val), 1.0 - max_false_refusals / 2))
+    named = {kind: v for kind, v in (kinds or {}).items() if kind in KIND_WORDS}
+    if named:
+        gate.kind_names = tuple(named)
+        gate.kind_means = np.stack([np.asarray(v)[:, :channels].mean(axis=0) for v in named.values()])
     if kinds:
-        gate.kind_names = tuple(kinds)
-        gate.kind_means = np.stack([np.asarray(v).mean(axis=0) for v in kinds.values()]).astype(np.float32)
+        gate.head = fit_head(train[:, channels:], np.concatenate(list(kinds.values()))[:, channels:])
+        refused = gate.density(val) > gate.threshold
+        allowed = max(int(max_false_refusals * len(val)) - int(refused.sum()), 0)
+        rest = np.sort(gate.head.decisions(val[~refused, channels:]))[::-1]
+        gate.head.threshold = float(rest[allowed]) if allowed < len(rest) else float(rest[-1])
     return gate
+
+
+def _channels(summaries: np.ndarray) -> int:
+    """The channel count c of summaries with (1 + GRID²) c columns."""
+    from covidxray.predictors.gate import GRID
+
+    return summaries.shape[1] // (1 + GRID * GRID)
+
+
+def fit_head(frontal: np.ndarray, others: np.ndarray) -> LayoutHead:
+    """A logistic regression of frontal films' region means against the others' (each side weighing the
+    same), standardised, with the standardisation folded into its weights; its threshold is set later."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([frontal, others]).astype(np.float64)
+    y = np.r_[np.zeros(len(frontal)), np.ones(len(others))]
+    weight = np.r_[np.full(len(frontal), 0.5 / len(frontal)), np.full(len(others), 0.5 / len(others))]
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    model = LogisticRegression(C=HEAD_C, max_iter=5000)
+    model.fit((x - mean) / scale, y, sample_weight=weight * len(x))
+    weights = model.coef_[0] / scale
+    bias = float(model.intercept_[0] - weights @ mean)
+    return LayoutHead(weights.astype(np.float32), bias, threshold=0.0)
+
+
+def cross_validate(
+    train: np.ndarray,
+    labels: np.ndarray,
+    val: np.ndarray,
+    kinds: dict[str, np.ndarray],
+    groups: dict[str, list[str]],
+    folds: int = 4,
+) -> dict[str, Any]:
+    """Each known kind's inputs caught by a gate whose head never saw their patient (`groups`: one patient
+    key per example), in `folds` patient-grouped folds; and the val films each fold's gate refused."""
+    from sklearn.model_selection import GroupKFold
+
+    names = list(kinds)
+    every = np.concatenate([kinds[k] for k in names])
+    kind_of = np.concatenate([[k] * len(kinds[k]) for k in names])
+    patients = np.concatenate([groups[k] for k in names])
+    caught = dict.fromkeys(names, 0)
+    val_refused = []
+    splits = GroupKFold(min(folds, len(set(patients)))).split(every, groups=patients)
+    for seen, unseen in splits:
+        held = {k: every[seen][kind_of[seen] == k] for k in names if (kind_of[seen] == k).any()}
+        gate = fit(train, labels, val, kinds=held)
+        verdicts = gate.scores(every[unseen]) > gate.cut
+        for k in names:
+            caught[k] += int(verdicts[kind_of[unseen] == k].sum())
+        val_refused.append(int((gate.scores(val) > gate.cut).sum()))
+    return {
+        "folds": folds,
+        "kinds": {
+            k: {"n": len(kinds[k]), "caught": caught[k], "rate": caught[k] / len(kinds[k])} for k in names
+        },
+        "val_refused_per_fold": val_refused,
+    }
 
 
 def kind_folders(ood_dir: Path | None) -> dict[str, list[Path]]:
@@ -54,18 +128,18 @@ def kind_folders(ood_dir: Path | None) -> dict[str, list[Path]]:
 
 def evaluate_gate(gate: Gate, runtime: Any, frontal: list[Path], kinds: dict[str, list[Path]]) -> dict:
     """The gate's figures: frontal films refused, and each kind's inputs caught and named."""
-    pooled, notes = pooled_of_files(runtime, frontal)
-    verdicts = [gate.judge(p, n) for p, n in zip(pooled, notes, strict=True)]
+    summaries, notes = summaries_of_files(runtime, frontal)
+    verdicts = [gate.judge(s, n) for s, n in zip(summaries, notes, strict=True)]
     refused = sum(not v.passed for v in verdicts)
     result: dict[str, Any] = {
-        "threshold": gate.threshold,
+        "threshold": gate.cut,
         "frontal": {"n": len(frontal), "refused": refused, "rate": refused / max(len(frontal), 1)},
         "kinds": {},
         "scores": {"frontal": [v.score for v in verdicts]},
     }
     for kind, files in kinds.items():
-        pooled, notes = pooled_of_files(runtime, files)
-        verdicts = [gate.judge(p, n) for p, n in zip(pooled, notes, strict=True)]
+        summaries, notes = summaries_of_files(runtime, files)
+        verdicts = [gate.judge(s, n) for s, n in zip(summaries, notes, strict=True)]
         caught = sum(not v.passed for v in verdicts)
         named = sum(v.looks_like == kind for v in verdicts if not v.passed)
         result["kinds"][kind] = {
@@ -92,7 +166,7 @@ def histogram_png(result: dict, path: Path) -> Path:
     for name, values in scores.items():
         ax.hist(values, bins=bins, alpha=0.55, density=True, label=f"{name} (n={len(values)})")
     ax.axvline(result["threshold"], color="black", linestyle="--", label="threshold")
-    ax.set_xlabel("OOD score (Mahalanobis distance per dimension)")
+    ax.set_xlabel("OOD score (the larger of the two tests' values over their thresholds)")
     ax.set_ylabel("density")
     ax.legend()
     fig.tight_layout()
@@ -101,11 +175,24 @@ def histogram_png(result: dict, path: Path) -> Path:
     return path
 
 
-def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) -> dict:
-    """Fit the gate of the model at `model_path` on `data_dir/train` and its threshold on `data_dir/val`;
-    write FILE.ood.npz and record it in FILE.json (threshold, false refusals on val); return the entry.
+def patients_of(ood_dir: Path, files: list[Path]) -> list[str]:
+    """One patient key per file: `patient_id` from `ood_dir/manifest.csv` (columns file, patient_id) when it
+    lists the file, else the file's own name (each file its own patient)."""
+    import csv
 
-    `ood_dir/<kind>/` examples, if given, only teach the gate to name what a refused input looks like.
+    manifest = ood_dir / "manifest.csv"
+    known: dict[str, str] = {}
+    if manifest.is_file():
+        with manifest.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        known = {row["file"]: row["patient_id"] for row in rows if row.get("patient_id")}
+    return [known.get(f"{path.parent.name}/{path.name}", path.name) for path in files]
+
+
+def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) -> dict:
+    """Fit the gate of the model at `model_path` on `data_dir/train`, its thresholds on `data_dir/val`
+    and its layout head on `ood_dir/<kind>/` (if given); write FILE.ood.npz and record it in FILE.json
+    (thresholds, false refusals on val, the head's patient-grouped cross-validation); return the entry.
     """
     from covidxray.ml.datasets import list_images
     from covidxray.predictors.runtime import load_runtime
@@ -113,22 +200,32 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     runtime = load_runtime(model_path)  # the twin that serves: the gate judges its features
     train_files, train_labels = list_images(data_dir / "train")
     val_files, _ = list_images(data_dir / "val")
-    train, _ = pooled_of_files(runtime, train_files)
-    val, val_notes = pooled_of_files(runtime, val_files)
-    named = {kind: files for kind, files in kind_folders(ood_dir).items() if kind in KIND_WORDS}
-    kinds = {kind: pooled_of_files(runtime, files)[0] for kind, files in named.items()}
+    train, _ = summaries_of_files(runtime, train_files)
+    val, val_notes = summaries_of_files(runtime, val_files)
+    folders = kind_folders(ood_dir)
+    kinds = {kind: summaries_of_files(runtime, files)[0] for kind, files in folders.items()}
     gate = fit(train, train_labels, val, kinds=kinds)
     path = model_path.with_suffix(".ood.npz")
     gate.save(path)
-    refused = [not gate.judge(p, n).passed for p, n in zip(val, val_notes, strict=True)]
-    entry = {
+    refused = [not gate.judge(s, n).passed for s, n in zip(val, val_notes, strict=True)]
+    entry: dict[str, Any] = {
         "file": path.name,
-        "method": "class-conditional Mahalanobis distance of the pooled features, Ledoit-Wolf covariance",
-        "threshold": gate.threshold,
+        "method": (
+            "the larger of two tests, each over its threshold: the class-conditional Mahalanobis distance of"
+            " the pooled features (Ledoit-Wolf covariance), and a logistic head on the feature maps' means"
+            " over a 3 x 3 grid trained against the known kinds"
+        ),
+        "threshold": gate.cut,
+        "density_threshold": gate.threshold,
+        "layout_threshold": gate.head.threshold if gate.head else None,
         "val_false_refusals": float(np.mean(refused)),
         "kinds": list(gate.kind_names),
+        "trained_on": {kind: len(files) for kind, files in folders.items()},
         "fitted_on": runtime.name,
     }
+    if ood_dir is not None and kinds:
+        groups = {kind: patients_of(ood_dir, files) for kind, files in folders.items()}
+        entry["cross_validated"] = cross_validate(train, train_labels, val, kinds, groups)
     meta_path = model_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "ood": entry}, indent=2) + "\n")

@@ -63,12 +63,14 @@ def build_pretrained(
     dropout: float = 0.2,
     weights: bool = True,
     drop_connect: float = 0.2,
+    bn_momentum: float = 0.0,
 ) -> keras.Model:
     """Return EfficientNet-Lite with its ImageNet weights, mapping (size, size, 1) to [logits, features].
 
     The grey film is repeated to three channels and scaled to the weights' convention inside the model,
-    so every runtime sees the ONE preprocessed tensor. Batch normalisation keeps its ImageNet statistics
-    (inference mode, not trainable): batches of a few dozen films are too small to re-estimate them.
+    so every runtime sees the ONE preprocessed tensor. With `bn_momentum` 0, batch normalisation keeps
+    its ImageNet statistics (inference mode, not trainable); otherwise it trains, normalising with each
+    batch's statistics and re-estimating the moving ones with that momentum.
     """
     from covidxray.ml.efficientnet_lite import VARIANTS, build_backbone, load_weights, to_rgb
 
@@ -77,7 +79,8 @@ def build_pretrained(
         load_weights(net, VARIANTS[backbone].weights_path())
     for layer in net.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = bn_momentum > 0
+            layer.momentum = bn_momentum or layer.momentum
     inputs = keras.Input((size, size, 1), name="image")
     features = layers.Identity(name=FEATURES)(net(to_rgb(inputs)))
     pooled = layers.GlobalAveragePooling2D()(features)

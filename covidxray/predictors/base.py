@@ -19,7 +19,7 @@ class Outcome:
     probabilities: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     heatmap: np.ndarray | None = None  # class activation map of the top class, (h, w), when asked
-    pooled: np.ndarray | None = None  # the pooled last feature maps (c,), for the OOD gate
+    gate_input: np.ndarray | None = None  # the last feature maps as the OOD gate reads them (gate.summarize)
 
 
 class Predictor(ABC):
@@ -29,7 +29,7 @@ class Predictor(ABC):
     model_name: str = ""
     model_version: str = ""
     input_size: int = 224
-    gives_features: bool = False  # whether `predict` fills Outcome.pooled (else the gate runs our model)
+    gives_features: bool = False  # whether `predict` fills Outcome.gate_input (else the gate runs our model)
 
     @property
     @abstractmethod

@@ -13,6 +13,7 @@ from covidxray.imaging.heatmap import class_activation_map
 from covidxray.imaging.prepare import Prepared
 from covidxray.labels import LABELS
 from covidxray.predictors.base import Outcome, Predictor
+from covidxray.predictors.gate import summarize
 from covidxray.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class KerasPredictor(Predictor):
         probs = softmax(logits, self._runtime.info.temperature)[0]
         outcome = Outcome(
             probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)},
-            pooled=features[0].mean(axis=(0, 1)),
+            gate_input=summarize(features[0]),
         )
         if explain:
             kernel, _ = self._runtime.output_weights
