@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from covidxray.predictors.gate import KIND_WORDS, Gate, LayoutHead, summaries_of_files
+from covidxray.predictors.gate import GRID, KIND_WORDS, Gate, LayoutHead, summaries_of_files
 
 #: inverse regularisation strength of the layout head's logistic regression
-HEAD_C = 0.1
+HEAD_C = 0.01
 
 
 def fit(
@@ -23,13 +23,16 @@ def fit(
     val: np.ndarray,
     max_false_refusals: float = 0.01,
     kinds: dict[str, np.ndarray] | None = None,
+    mirrors: dict[str, np.ndarray] | None = None,
 ) -> Gate:
     """Fit the gate on training films' summaries (n, (1 + GRID²) c, from `summarize`) and their labels.
 
     The density test's threshold lets through all but half of `max_false_refusals` of the val films; the
     layout head, fitted when `kinds` maps known kinds of non-frontal input to examples of their
     summaries, gets a threshold such that both tests together refuse at most `max_false_refusals` of the
-    val films. The means of the kinds that have words (KIND_WORDS) name what a refused input looks like.
+    val films. `mirrors` maps "train" and each kind to the summaries of the same images flipped
+    left-right, which the head learns from too: the side a film faces does not make it frontal. The means
+    of the kinds that have words (KIND_WORDS) name what a refused input looks like.
     """
     from sklearn.covariance import LedoitWolf
 
@@ -46,7 +49,10 @@ def fit(
         gate.kind_names = tuple(named)
         gate.kind_means = np.stack([np.asarray(v)[:, :channels].mean(axis=0) for v in named.values()])
     if kinds:
-        gate.head = fit_head(train[:, channels:], np.concatenate(list(kinds.values()))[:, channels:])
+        mirrors = mirrors or {}
+        frontal = [train, *([mirrors["train"]] if "train" in mirrors else [])]
+        others = [*kinds.values(), *(mirrors[k] for k in kinds if k in mirrors)]
+        gate.head = fit_head(np.concatenate(frontal)[:, channels:], np.concatenate(others)[:, channels:])
         refused = gate.density(val) > gate.threshold
         allowed = max(int(max_false_refusals * len(val)) - int(refused.sum()), 0)
         rest = np.sort(gate.head.decisions(val[~refused, channels:]))[::-1]
@@ -56,8 +62,6 @@ def fit(
 
 def _channels(summaries: np.ndarray) -> int:
     """The channel count c of summaries with (1 + GRID²) c columns."""
-    from covidxray.predictors.gate import GRID
-
     return summaries.shape[1] // (1 + GRID * GRID)
 
 
@@ -84,13 +88,17 @@ def cross_validate(
     kinds: dict[str, np.ndarray],
     groups: dict[str, list[str]],
     folds: int = 4,
+    mirrors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Each known kind's inputs caught by a gate whose head never saw their patient (`groups`: one patient
-    key per example), in `folds` patient-grouped folds; and the val films each fold's gate refused."""
+    key per example), in `folds` patient-grouped folds; and the val films each fold's gate refused.
+    `mirrors` as for `fit` (a held-out patient's flipped images are held out too)."""
     from sklearn.model_selection import GroupKFold
 
     names = list(kinds)
+    mirrors = mirrors or {}
     every = np.concatenate([kinds[k] for k in names])
+    flipped = np.concatenate([mirrors[k] for k in names]) if all(k in mirrors for k in names) else None
     kind_of = np.concatenate([[k] * len(kinds[k]) for k in names])
     patients = np.concatenate([groups[k] for k in names])
     caught = dict.fromkeys(names, 0)
@@ -98,7 +106,10 @@ def cross_validate(
     splits = GroupKFold(min(folds, len(set(patients)))).split(every, groups=patients)
     for seen, unseen in splits:
         held = {k: every[seen][kind_of[seen] == k] for k in names if (kind_of[seen] == k).any()}
-        gate = fit(train, labels, val, kinds=held)
+        held_mirrors = {k: flipped[seen][kind_of[seen] == k] for k in held} if flipped is not None else {}
+        if "train" in mirrors:
+            held_mirrors["train"] = mirrors["train"]
+        gate = fit(train, labels, val, kinds=held, mirrors=held_mirrors)
         verdicts = gate.scores(every[unseen]) > gate.cut
         for k in names:
             caught[k] += int(verdicts[kind_of[unseen] == k].sum())
@@ -204,7 +215,10 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     val, val_notes = summaries_of_files(runtime, val_files)
     folders = kind_folders(ood_dir)
     kinds = {kind: summaries_of_files(runtime, files)[0] for kind, files in folders.items()}
-    gate = fit(train, train_labels, val, kinds=kinds)
+    mirrors = {kind: summaries_of_files(runtime, files, mirrored=True)[0] for kind, files in folders.items()}
+    if kinds:
+        mirrors["train"] = summaries_of_files(runtime, train_files, mirrored=True)[0]
+    gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors)
     path = model_path.with_suffix(".ood.npz")
     gate.save(path)
     refused = [not gate.judge(s, n).passed for s, n in zip(val, val_notes, strict=True)]
@@ -213,7 +227,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
         "method": (
             "the larger of two tests, each over its threshold: the class-conditional Mahalanobis distance of"
             " the pooled features (Ledoit-Wolf covariance), and a logistic head on the feature maps' means"
-            " over a 3 x 3 grid trained against the known kinds"
+            f" over a {GRID} x {GRID} grid trained against the known kinds (images also flipped left-right)"
         ),
         "threshold": gate.cut,
         "density_threshold": gate.threshold,
@@ -225,7 +239,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     }
     if ood_dir is not None and kinds:
         groups = {kind: patients_of(ood_dir, files) for kind, files in folders.items()}
-        entry["cross_validated"] = cross_validate(train, train_labels, val, kinds, groups)
+        entry["cross_validated"] = cross_validate(train, train_labels, val, kinds, groups, mirrors=mirrors)
     meta_path = model_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "ood": entry}, indent=2) + "\n")

@@ -6,8 +6,9 @@ It judges the last feature maps that the classifier's own forward pass already m
   mean to the training films of each class, under one shared, shrunk covariance. It knows only
   frontal films, so it catches whatever lies far from them (photographs, pages, noise, other parts);
 - a layout test: a logistic head on the maps' means over a GRID × GRID grid of regions, trained
-  against known kinds of non-frontal input (CT slices, lateral films). Global pooling forgets where
-  things are; a lateral film has the anatomy of a chest in the wrong places.
+  against known kinds of non-frontal input (CT slices, lateral films), each also flipped left-right,
+  as are the frontal films. Global pooling forgets where things are; a lateral film has the anatomy
+  of a chest in the wrong places.
 
 Each test has a threshold fitted on val frontal films; the score is the larger of the two, each
 divided by its threshold, so the gate refuses above 1 (higher = less like a frontal film). The
@@ -31,7 +32,7 @@ from covidxray.imaging.prepare import PHOTO_NOTE, Prepared, to_tensor
 KIND_WORDS = {"ct": "a CT slice", "lateral": "a lateral chest view", "photo": "a colour photograph"}
 
 #: The layout test pools the feature maps over GRID × GRID regions.
-GRID = 3
+GRID = 4
 
 
 def summarize(maps: np.ndarray) -> np.ndarray:
@@ -213,12 +214,17 @@ def open_guard(mode: str, model_path: Path, runtime: Any = None) -> Guard | None
     return Guard(Gate.load(path), mode, runtime)
 
 
-def summaries_of_files(runtime: Any, files: list[Path]) -> tuple[np.ndarray, list[list[str]]]:
-    """The gate's input (`summarize`) for each file as the service computes it, and the decoder's notes."""
+def summaries_of_files(
+    runtime: Any, files: list[Path], mirrored: bool = False
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The gate's input (`summarize`) for each file as the service computes it, and the decoder's notes;
+    with `mirrored`, of each prepared image flipped left-right instead."""
     from covidxray.predictors.runtime import prepared_batches
 
     summaries, notes = [], []
     for _, prepared, _, features in prepared_batches(runtime, files):
+        if mirrored:
+            _, features = runtime.run(np.stack([p.tensor[:, ::-1] for p in prepared]))
         summaries += [summarize(maps) for maps in features]
         notes += [p.warnings for p in prepared]
     return np.stack(summaries), notes

@@ -207,12 +207,14 @@ def mirrored(summaries: np.ndarray) -> np.ndarray:
 
 
 def test_summarize_gives_the_global_mean_then_each_region_mean() -> None:
-    maps = np.arange(7 * 7 * 2, dtype=np.float32).reshape(7, 7, 2)
+    side = 2 * GRID
+    maps = np.arange(side * side * 2, dtype=np.float32).reshape(side, side, 2)
     summary = summarize(maps)
     assert summary.shape == ((1 + GRID * GRID) * 2,)
     np.testing.assert_allclose(summary[:2], maps.mean(axis=(0, 1)))
-    np.testing.assert_allclose(summary[2:4], maps[:3, :3].mean(axis=(0, 1)))  # top-left region first
-    np.testing.assert_allclose(summary[-2:], maps[5:, 5:].mean(axis=(0, 1)))  # bottom-right last
+    np.testing.assert_allclose(summary[2:4], maps[:2, :2].mean(axis=(0, 1)))  # top-left region first
+    np.testing.assert_allclose(summary[4:6], maps[:2, 2:4].mean(axis=(0, 1)))  # then along the row
+    np.testing.assert_allclose(summary[-2:], maps[-2:, -2:].mean(axis=(0, 1)))  # bottom-right last
 
 
 def test_the_thresholds_let_through_all_but_the_stated_share_of_val(tmp_path: Path) -> None:
