@@ -42,6 +42,13 @@ NAMED_KINDS = "folder of known non-frontal inputs (ct/, lateral/) that the gate 
     help="Beta(a, a) parameter of mixup within each batch (0: off)",
 )
 @click.option("--hflip/--no-hflip", default=None, help="random left-right flips in the augmentation")
+@click.option(
+    "--tune-from",
+    type=click.IntRange(min=0),
+    default=None,
+    help="pretrained backbones: the first block that trains, on cached outputs of the frozen ones "
+    "below it (0: the whole network)",
+)
 @ood_option(NAMED_KINDS)
 def train(
     data_dir: str,
@@ -53,6 +60,7 @@ def train(
     members: int | None,
     mixup: float | None,
     hflip: bool | None,
+    tune_from: int | None,
     ood_dir: Path | None,
 ) -> None:
     """Train the model; write FILE.keras, its ONNX twins FILE.onnx and FILE.int8.onnx, and FILE.json."""
@@ -65,9 +73,13 @@ def train(
     if out.suffix != ".keras":
         raise click.BadParameter("must end in .keras", param_hint="--out")
     options: dict[str, Any] = dict(
-        size=size, epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip
+        size=size, epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip, tune_from=tune_from
     )
-    cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
+    try:
+        cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
+        cfg.validate()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tune-from") from exc
     try:
         with data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg, ood_dir=ood_dir)

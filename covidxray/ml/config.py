@@ -25,6 +25,8 @@ class TrainConfig:
     learning_rate: float = 1e-3  # the head's (the whole network's for scratch)
     backbone_learning_rate: float = 2e-5  # pretrained only
     bn_momentum: float = 0.0  # pretrained only; 0: ImageNet batch-norm statistics frozen, else re-estimated
+    tune_from: int = 11  # pretrained only: the first block that trains (0: the whole network)
+    copies: int = 4  # tune_from > 0: cached passes over the training films (all but the first augmented)
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     dropout: float = 0.2
@@ -53,6 +55,13 @@ class TrainConfig:
                 seed=20261125,
             )
         return cls(**{**base, **overrides})  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Raise ValueError when the backbone has no block `tune_from`."""
+        if self.pretrained and self.tune_from:
+            from covidxray.ml.efficientnet_lite import cut_layer
+
+            cut_layer(self.backbone, self.tune_from)
 
     @property
     def pretrained(self) -> bool:

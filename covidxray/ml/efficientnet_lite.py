@@ -112,12 +112,40 @@ def build_backbone(variant: str | Variant, size: int | None = None, drop_connect
     inputs = keras.Input((size or variant.size, size or variant.size, 3), name="rgb")
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
-    specs = stage_specs(variant)
-    for i, spec in enumerate(specs):
-        x = _block(x, i, spec, drop_connect * i / len(specs))
-    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
-    x = layers.ReLU(6.0, name="head_relu")(_bn("head_bn")(x))
+    x = _blocks_and_head(x, variant, 0, drop_connect)
     return keras.Model(inputs, x, name=variant.name.replace("-", "_"))
+
+
+def _blocks_and_head(
+    x: keras.KerasTensor, variant: Variant, first: int, drop_connect: float
+) -> keras.KerasTensor:
+    """Blocks `first`, `first` + 1, ... and the 1×1 head convolution, applied to `x`."""
+    specs = stage_specs(variant)
+    for i in range(first, len(specs)):
+        x = _block(x, i, specs[i], drop_connect * i / len(specs))
+    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    return layers.ReLU(6.0, name="head_relu")(_bn("head_bn")(x))
+
+
+def cut_layer(variant: str | Variant, first: int) -> str:
+    """The name of the layer of `build_backbone` whose output block `first` takes in."""
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
+    specs = stage_specs(variant)
+    if not 0 < first < len(specs):
+        raise ValueError(f"{variant.name} has blocks 0 to {len(specs) - 1}; cannot start training at {first}")
+    _, _, stride, inp, out = specs[first - 1]
+    return f"block{first - 1}_add" if stride == 1 and inp == out else f"block{first - 1}_project_bn"
+
+
+def build_top(
+    variant: str | Variant, first: int, input_shape: tuple[int, ...], drop_connect: float = 0.2
+) -> keras.Model:
+    """Blocks `first`, ... and the head of `build_backbone`, as a model of their own: the layers have the
+    same names, so weights copy by name between the two."""
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
+    inputs = keras.Input(input_shape, name=f"block{first}_in")
+    x = _blocks_and_head(inputs, variant, first, drop_connect)
+    return keras.Model(inputs, x, name=f"{variant.name.replace('-', '_')}_top")
 
 
 def to_rgb(grey: keras.KerasTensor) -> keras.KerasTensor:

@@ -1,8 +1,11 @@
-"""Fine-tuning a pretrained backbone: a head warm-up on frozen features, then the whole network.
+"""Fine-tuning a pretrained backbone: a head warm-up on frozen features, then the network.
 
 The warm-up fits the output layer on the backbone's pooled features of the (unaugmented) training
-films, which takes seconds. The whole network then trains with augmentation, the backbone at a lower
-learning rate than the head (two AdamW optimisers in one training step), early stopping on val loss.
+films, which takes seconds. Then either the top blocks train on cached outputs of the frozen lower
+blocks (`TrainConfig.tune_from` > 0: each epoch reads one of `copies` cached, differently augmented
+passes of the training films, so an epoch costs only the top's forward and backward passes), or the
+whole network trains with augmentation, the backbone at a lower learning rate than the head (two
+AdamW optimisers in one training step). Both stop early on val loss.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ def pooled_features(model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:  
 
 def warm_up_head(model, x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, cfg) -> dict:  # noqa: ANN001
     """Fit the output layer alone on frozen pooled features (weighted, label-smoothed); return its history."""
-    import keras
-
     from covidxray.ml.model import output_layer
 
-    feats = pooled_features(model, x_train)
-    head = output_layer(model)
+    return fit_probe(output_layer(model), pooled_features(model, x_train), y_train, w_train, cfg)
+
+
+def fit_probe(head, feats: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, cfg) -> dict:  # noqa: ANN001
+    """Fit the Dense layer `head` on pooled features `feats` (weighted, label-smoothed); return history."""
+    import keras
+
     inputs = keras.Input((feats.shape[1],))
     probe = keras.Model(inputs, keras.layers.Dense(len(LABELS))(keras.layers.Dropout(cfg.dropout)(inputs)))
     probe.compile(
@@ -124,3 +130,110 @@ def fit_pretrained(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN0
         verbose=verbose,
     )
     return model, {**history.history, "head_accuracy": head_history["accuracy"][-1:]}
+
+
+def split_pretrained(cfg):  # noqa: ANN001, ANN201
+    """The whole pretrained model, its frozen lower part (grey films to the input of block `cfg.tune_from`)
+    and a trainable copy of its upper part ending in the same head (pooling, dropout, logits)."""
+    import keras
+    from keras import layers
+
+    from covidxray.ml.efficientnet_lite import build_top, cut_layer, to_rgb
+    from covidxray.ml.model import LOGITS, backbone_of, build_pretrained
+
+    model = build_pretrained(cfg.backbone, cfg.size, len(LABELS), cfg.dropout)
+    net = backbone_of(model)
+    assert net is not None
+    grey = keras.Input((cfg.size, cfg.size, 1), name="image")
+    lower = keras.Model(net.inputs, net.get_layer(cut_layer(cfg.backbone, cfg.tune_from)).output)
+    bottom = keras.Model(grey, lower(to_rgb(grey)), name="frozen_lower_blocks")
+    upper = build_top(cfg.backbone, cfg.tune_from, tuple(bottom.output.shape[1:]))
+    for layer in upper.layers:
+        if layer.weights:
+            layer.set_weights(net.get_layer(layer.name).get_weights())
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False  # ImageNet statistics, as in the whole model
+    acts = keras.Input(upper.input.shape[1:])
+    pooled = layers.GlobalAveragePooling2D()(upper(acts))
+    logits = layers.Dense(len(LABELS), name=LOGITS)(layers.Dropout(cfg.dropout)(pooled))
+    return model, bottom, keras.Model(acts, logits, name="trainable_upper_blocks")
+
+
+def activations(bottom, films: np.ndarray, augment=None, batch_size: int = 32) -> np.ndarray:  # noqa: ANN001
+    """The frozen lower blocks' output for uint8 films (n, size, size, 1), augmented when `augment` is
+    given; float16 to halve the cache."""
+    out = []
+    for start in range(0, len(films), batch_size):
+        batch = films[start : start + batch_size].astype(np.float32) / 255.0
+        if augment is not None:
+            batch = np.clip(np.asarray(augment(batch, training=True)), 0.0, 1.0)
+        out.append(np.asarray(bottom(batch, training=False)).astype(np.float16))
+    return np.concatenate(out)
+
+
+def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN201
+    """Warm up the head, then train the blocks from `cfg.tune_from` up on cached lower-block outputs of
+    `cfg.copies` augmented passes (the first unaugmented); return the whole model and its history."""
+    import keras
+
+    from covidxray.ml.datasets import augmenter
+    from covidxray.ml.model import LOGITS
+
+    x_train, y_train, w_train, x_val, y_val = data
+    keras.utils.set_random_seed(seed)
+    model, bottom, top = split_pretrained(cfg)
+    augment = augmenter(seed, cfg.hflip)
+    log.info("caching the frozen blocks' output of %d passes over %d films", cfg.copies, len(x_train))
+    copies = [activations(bottom, x_train, augment if c else None) for c in range(cfg.copies)]
+    val = activations(bottom, x_val)
+    pooled = keras.Model(top.inputs, top.layers[-3].output)  # the pooling layer, before the dropout
+    feats = np.concatenate([np.asarray(pooled(copies[0][s : s + 64])) for s in range(0, len(x_train), 64)])
+    head_history = fit_probe(top.get_layer(LOGITS), feats, y_train, w_train, cfg)
+    per_epoch = int(np.ceil(len(x_train) / cfg.batch_size))
+    rate = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        max(1, (cfg.epochs - 1) * per_epoch),
+        warmup_target=cfg.backbone_learning_rate,
+        warmup_steps=per_epoch,
+    )
+    top.compile(
+        optimizer=keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    one_hot = np.eye(len(LABELS), dtype=np.float32)
+    history: dict[str, list] = {}
+    best, best_weights, waited = np.inf, top.get_weights(), 0
+    for epoch in range(cfg.epochs):
+        step = top.fit(
+            copies[epoch % cfg.copies].astype(np.float32),
+            one_hot[y_train],
+            sample_weight=w_train,
+            batch_size=cfg.batch_size,
+            validation_data=(val.astype(np.float32), one_hot[y_val]),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=verbose,
+        )
+        for key, values in step.history.items():
+            history.setdefault(key, []).extend(values)
+        if history["val_loss"][-1] < best:
+            best, best_weights, waited = history["val_loss"][-1], top.get_weights(), 0
+        elif (waited := waited + 1) >= cfg.patience:
+            break
+    top.set_weights(best_weights)
+    merge_top(model, top)
+    return model, {**history, "head_accuracy": head_history["accuracy"][-1:]}
+
+
+def merge_top(model, top) -> None:  # noqa: ANN001
+    """Copy the trained upper blocks and head of `top` (from `split_pretrained`) into the whole `model`."""
+    from covidxray.ml.model import LOGITS, backbone_of
+
+    net = backbone_of(model)
+    assert net is not None
+    upper = next(layer for layer in top.layers if hasattr(layer, "layers"))
+    for layer in upper.layers:
+        if layer.weights:
+            net.get_layer(layer.name).set_weights(layer.get_weights())
+    model.get_layer(LOGITS).set_weights(top.get_layer(LOGITS).get_weights())

@@ -71,9 +71,10 @@ def fit_member(data: tuple, cfg: TrainConfig, seed: int, verbose: int = 1):  # n
 
     x_train, y_train, w_train, x_val, y_val = data
     if cfg.pretrained:
-        from covidxray.ml.finetune import fit_pretrained
+        from covidxray.ml.finetune import fit_pretrained, fit_top
 
-        return fit_pretrained(data, replace(cfg, seed=seed), seed, verbose)
+        tune = fit_top if cfg.tune_from > 0 else fit_pretrained
+        return tune(data, replace(cfg, seed=seed), seed, verbose)
     keras.utils.set_random_seed(seed)
     model = build_model(cfg.size, cfg.widths, len(LABELS), cfg.dropout, cfg.blocks)
     trainable = logits_model(model)

@@ -67,12 +67,15 @@ _PREDICTION = {
         "ood_score": {
             "type": "number",
             "nullable": True,
-            "description": "the gate's score: higher is less like a frontal chest radiograph (null when off)",
+            "description": (
+                "the gate's score: the larger of its density and layout tests, each over its threshold;"
+                " higher is less like a frontal chest radiograph (null when off)"
+            ),
         },
         "ood_threshold": {
             "type": "number",
             "nullable": True,
-            "description": "the score above which the gate refuses (COVIDXRAY_OOD=refuse) or warns",
+            "description": "the score above which the gate refuses (COVIDXRAY_OOD=refuse) or warns: 1.0",
         },
         "heatmap_url": {"type": "string", "nullable": True},
         "warnings": {"type": "array", "items": {"type": "string"}},

@@ -144,3 +144,24 @@ def test_augmenter_flips_left_right_only_when_asked() -> None:
     flipped = augmenter(1, hflip=True).layers
     assert "RandomFlip" not in plain
     assert type(flipped[-1]).__name__ == "RandomFlip" and flipped[-1].mode == "horizontal"
+
+
+def test_the_trained_upper_blocks_merged_back_compute_what_the_split_computed() -> None:
+    from covidxray.ml.config import TrainConfig
+    from covidxray.ml.finetune import merge_top, split_pretrained
+
+    cfg = TrainConfig.for_backbone("efficientnet-lite0", size=64)
+    model, bottom, top = split_pretrained(cfg)
+    rng = np.random.default_rng(0)
+    top.set_weights([w * rng.uniform(0.9, 1.1, w.shape).astype(w.dtype) for w in top.get_weights()])
+    films = rng.uniform(0, 1, (2, 64, 64, 1)).astype(np.float32)
+    split = np.asarray(top(bottom(films)))
+    assert np.abs(split - np.asarray(model(films)[0])).max() > 1e-3  # the weights moved
+    merge_top(model, top)
+    np.testing.assert_allclose(np.asarray(model(films)[0]), split, atol=1e-4)
+
+
+def test_train_refuses_a_block_the_backbone_does_not_have(tmp_path: Path) -> None:
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "m.keras"), "--backbone", "efficientnet-lite0"]
+    result = CliRunner().invoke(main, ["train", *args, "--tune-from", "99"])
+    assert result.exit_code == 2 and "cannot start training at 99" in result.output
