@@ -14,6 +14,7 @@ def main() -> None:
 
 for command in (
     model.train,
+    model.join,
     model.quantize,
     model.gate,
     evaluate.evaluate,

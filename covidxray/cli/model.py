@@ -92,6 +92,35 @@ def train(
 
 @click.command()
 @data_option(TRAIN_VAL)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.keras to write"
+)
+@click.argument(
+    "members", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@ood_option(NAMED_KINDS)
+def join(data_dir: str, out: Path, members: tuple[Path, ...], ood_dir: Path | None) -> None:
+    """Join trained models (MEMBERS: FILE.keras, each with its FILE.json) into one whose logits are the mean
+    of theirs; calibrate it on val and write it with both twins and its gate, as train does."""
+    import json
+
+    from covidxray.ml.training import join as run_join
+
+    setup_logging()
+    if out.suffix != ".keras":
+        raise click.BadParameter("must end in .keras", param_hint="--out")
+    try:
+        with data_folder(data_dir) as folder:
+            meta = run_join(folder, out, list(members), ood_dir=ood_dir)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        json.dumps({k: meta[k] for k in ("name", "version", "temperature", "val", "onnx_max_abs_diff")})
+    )
+
+
+@click.command()
+@data_option(TRAIN_VAL)
 @model_option
 def quantize(data_dir: str, model_path: Path | None) -> None:
     """Write the model's ONNX twins from its .keras: float (checked against Keras) and int8 (calibrated on

@@ -141,6 +141,73 @@ def train(
     model, val_logits, y_val, histories, x_val, calib = fit(
         data_dir / "train", data_dir / "val", cfg, verbose
     )
+    training = {
+        "config": asdict(cfg),
+        "members": [member_summary(cfg.seed + i, h) for i, h in enumerate(histories)],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return finish(model, data_dir, out, training, (x_val, y_val, val_logits), calib, ood_dir)
+
+
+def join(data_dir: str | Path, out: str | Path, members: list[Path], ood_dir: Path | None = None) -> dict:
+    """Join trained models (each FILE.keras with its FILE.json; the same input size, labels and
+    preprocessing) into one whose logits are the mean of theirs (`model.ensemble`), calibrate it on val
+    and write it as `train` does; return the meta."""
+    import keras
+
+    from covidxray.ml.model import FEATURES, ensemble
+
+    data_dir, out = Path(data_dir), Path(out)
+    metas = [json.loads(p.with_suffix(".json").read_text()) for p in members]
+    kinds = {(m["input_size"], tuple(m["labels"]), m["preprocessing_version"]) for m in metas}
+    if len(kinds) != 1 or len(members) < 2:
+        raise ValueError(
+            f"join needs two or more models of one input size, labels and preprocessing: {kinds}"
+        )
+    if tuple(metas[0]["labels"]) != LABELS or metas[0]["preprocessing_version"] != PREPROCESSING_VERSION:
+        raise ValueError("the models were made for other labels or another preprocessing than today's")
+    size = int(metas[0]["input_size"])
+    loaded = [keras.models.load_model(p, compile=False) for p in members]
+    grids = {tuple(m.get_layer(FEATURES).output.shape[1:3]) for m in loaded}
+    if len(grids) != 1:
+        raise ValueError(
+            f"the models' last feature maps differ in size ({sorted(grids)}): their heatmaps cannot add"
+        )
+    model = ensemble(loaded)
+    train_files, _ = list_images(data_dir / "train")
+    val_files, y_val = list_images(data_dir / "val")
+    x_val = load_arrays(val_files, size).astype(np.float32) / 255.0
+    pick = np.sort(np.random.default_rng(0).permutation(len(train_files))[:128])
+    calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
+    val_logits = np.asarray(model.predict(x_val, verbose=0)[0])
+    training = {
+        "joined": [
+            {
+                "file": p.name,
+                "name": m["name"],
+                "version": m["version"],
+                "val": m["val"],
+                "config": m["training"].get("config"),
+                "seconds": m["training"].get("seconds"),
+            }
+            for p, m in zip(members, metas, strict=True)
+        ],
+        "seconds": round(sum(float(m["training"].get("seconds") or 0) for m in metas), 1),
+    }
+    return finish(model, data_dir, out, training, (x_val, y_val, val_logits), calib, ood_dir)
+
+
+def finish(
+    model,  # noqa: ANN001
+    data_dir: Path,
+    out: Path,
+    training: dict,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    calib: np.ndarray,
+    ood_dir: Path | None,
+) -> dict:
+    """Calibrate on val (films, labels, logits), write FILE.keras, both twins, FILE.json and the gate."""
+    x_val, y_val, val_logits = val
     temperature = calibration.fit_temperature(val_logits, y_val)
     ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), y_val)
     ece_after = calibration.expected_calibration_error(calibration.softmax(val_logits, temperature), y_val)
@@ -148,7 +215,7 @@ def train(
         "name": out.stem,
         "version": f"{date.today():%Y.%m.%d}",
         "labels": list(LABELS),
-        "input_size": cfg.size,
+        "input_size": int(x_val.shape[1]),
         "preprocessing_version": PREPROCESSING_VERSION,
         "data_fingerprint": data_fingerprint(data_dir),
         "temperature": temperature,
@@ -159,11 +226,7 @@ def train(
             "ece_uncalibrated": ece_before,
             "ece": ece_after,
         },
-        "training": {
-            "config": asdict(cfg),
-            "members": [member_summary(cfg.seed + i, h) for i, h in enumerate(histories)],
-            "seconds": round(time.monotonic() - started, 1),
-        },
+        "training": training,
     }
     meta = save_model(model, out, meta, probe=x_val[:12])
     meta = add_int8_twin(out, meta, calib, x_val, y_val)

@@ -165,3 +165,55 @@ def test_train_refuses_a_block_the_backbone_does_not_have(tmp_path: Path) -> Non
     args = ["--data", str(tmp_path), "--out", str(tmp_path / "m.keras"), "--backbone", "efficientnet-lite0"]
     result = CliRunner().invoke(main, ["train", *args, "--tune-from", "99"])
     assert result.exit_code == 2 and "cannot start training at 99" in result.output
+
+
+def _saved_member(path: Path, widths: tuple[int, ...]) -> Path:
+    """An untrained scratch network at 32 px, saved with the metadata that `join` reads."""
+    from covidxray.imaging.prepare import PREPROCESSING_VERSION
+    from covidxray.ml.model import build_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_model(32, widths, 3, blocks=1).save(path)
+    meta = {"name": path.stem, "version": "2026.12.03", "labels": list(LABELS), "input_size": 32,
+            "preprocessing_version": PREPROCESSING_VERSION, "val": {"accuracy": 0.5},
+            "training": {"config": {"widths": list(widths)}, "seconds": 1.0}}  # fmt: skip
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def test_join_averages_the_members_logits_and_writes_twins_and_gate(tmp_path: Path) -> None:
+    import keras
+
+    data = _make_folder(tmp_path / "data")
+    members = [_saved_member(tmp_path / "a.keras", (8, 16)), _saved_member(tmp_path / "b.keras", (4, 12))]
+    out = tmp_path / "out" / "joined.keras"
+    result = CliRunner().invoke(main, ["join", "--data", str(data), "--out", str(out), *map(str, members)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert [m["file"] for m in meta["training"]["joined"]] == ["a.keras", "b.keras"]
+    assert meta["input_size"] == 32 and meta["ood"]["fitted_on"] == meta["serve"]
+    assert (out.parent / meta["twins"]["onnx-int8"]["file"]).is_file()
+    films = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 1)).astype(np.float32)
+    each = [np.asarray(keras.models.load_model(m)(films)[0]) for m in members]
+    joined = keras.models.load_model(out)(films)
+    np.testing.assert_allclose(np.asarray(joined[0]), np.mean(each, axis=0), atol=1e-5)
+    assert joined[1].shape[-1] == 16 + 12  # the members' feature maps side by side: exact heatmaps
+
+
+def test_join_refuses_models_of_different_input_sizes(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    a, b = _saved_member(tmp_path / "a.keras", (8,)), _saved_member(tmp_path / "b.keras", (8,))
+    meta = json.loads(b.with_suffix(".json").read_text())
+    b.with_suffix(".json").write_text(json.dumps({**meta, "input_size": 64}))
+    result = CliRunner().invoke(
+        main, ["join", "--data", str(data), "--out", str(tmp_path / "j.keras"), str(a), str(b)]
+    )
+    assert result.exit_code == 1 and "one input size" in result.output
+
+
+def test_join_refuses_models_whose_feature_maps_differ_in_size(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data")
+    a, b = _saved_member(tmp_path / "a.keras", (8, 16)), _saved_member(tmp_path / "b.keras", (4, 8, 12))
+    args = ["join", "--data", str(data), "--out", str(tmp_path / "j.keras"), str(a), str(b)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "feature maps differ in size" in result.output
