@@ -235,7 +235,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
         "val_false_refusals": float(np.mean(refused)),
         "kinds": list(gate.kind_names),
         "trained_on": {kind: len(files) for kind, files in folders.items()},
-        "fitted_on": runtime.name,
+        "fitted_on": "onnx-float" if runtime.name == "onnx" else runtime.name,  # the twin's key in `twins`
     }
     if ood_dir is not None and kinds:
         groups = {kind: patients_of(ood_dir, files) for kind, files in folders.items()}

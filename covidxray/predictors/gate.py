@@ -154,6 +154,8 @@ class Gate:
         with np.load(path, allow_pickle=False) as npz:
             names = tuple(str(n) for n in npz["kind_names"])
             weights = npz["head_weights"] if "head_weights" in npz.files else np.zeros(0, np.float32)
+            if weights.size and weights.size != GRID * GRID * npz["means"].shape[1]:
+                raise ValueError(f"{path} was fitted on a grid other than {GRID} x {GRID}: refit it")
             head = (
                 LayoutHead(weights, float(npz["head_bias"]), float(npz["head_threshold"]))
                 if weights.size
@@ -190,6 +192,10 @@ class Guard:
             _, features = self.runtime.run(tensor[None])
             summary = summarize(features[0])
         return self.gate.judge(np.asarray(summary, np.float32), prepared.warnings)
+
+    def check_maps(self, prepared: Prepared, maps: np.ndarray) -> Verdict:
+        """Judge one prepared image from the last feature maps (h, w, c) of the classifier's forward pass."""
+        return self.check(prepared, summarize(maps))
 
 
 def gate_path(model_path: Path) -> Path | None:

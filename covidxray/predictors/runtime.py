@@ -205,8 +205,6 @@ def run_files(
     per-file messages of the OOD `gate` (a `gate.Guard`, if given) for the files it does not pass."""
     from tqdm import tqdm
 
-    from covidxray.predictors.gate import summarize
-
     logits = np.full((len(files), len(runtime.info.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(files)
     refusals: list[str | None] = [None] * len(files)
@@ -217,7 +215,7 @@ def run_files(
         ):
             logits[rows] = batch_logits
             for row, prepared, maps in zip(rows, chunk, features, strict=True):
-                verdict = gate and gate.check(prepared, summarize(maps))
+                verdict = gate and gate.check_maps(prepared, maps)
                 if verdict and not verdict.passed:
                     refusals[row] = verdict.message()
             bar.update(min(batch_size, len(files) - start))

@@ -306,3 +306,13 @@ def test_the_automl_service_runs_the_gate_itself_and_never_sends_a_refused_film(
         assert calls(standin) == 1
     finally:
         standin.stop()
+
+
+def test_a_gate_fitted_on_another_grid_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    gate = fit(films(rng, 300), np.repeat([0, 1, 2], 100), films(rng, 100), kinds={"ct": films(rng, 9, 8.0)})
+    assert gate.head is not None
+    gate.head.weights = gate.head.weights[: CHANNELS * 9]  # as if fitted on a 3 x 3 grid
+    gate.save(tmp_path / "g.npz")
+    with pytest.raises(ValueError, match="a grid other than"):
+        Gate.load(tmp_path / "g.npz")
