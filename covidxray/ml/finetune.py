@@ -185,7 +185,7 @@ def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN
     augment = augmenter(seed, cfg.hflip)
     log.info("caching the frozen blocks' output of %d passes over %d films", cfg.copies, len(x_train))
     copies = [activations(bottom, x_train, augment if c else None) for c in range(cfg.copies)]
-    val = activations(bottom, x_val)
+    val = activations(bottom, x_val).astype(np.float32)
     pooled = keras.Model(top.inputs, top.layers[-3].output)  # the pooling layer, before the dropout
     feats = np.concatenate([np.asarray(pooled(copies[0][s : s + 64])) for s in range(0, len(x_train), 64)])
     head_history = fit_probe(top.get_layer(LOGITS), feats, y_train, w_train, cfg)
@@ -210,7 +210,7 @@ def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN
             one_hot[y_train],
             sample_weight=w_train,
             batch_size=cfg.batch_size,
-            validation_data=(val.astype(np.float32), one_hot[y_val]),
+            validation_data=(val, one_hot[y_val]),
             initial_epoch=epoch,
             epochs=epoch + 1,
             verbose=verbose,

@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from covidxray.predictors.gate import GRID, KIND_WORDS, Gate, LayoutHead, summaries_of_files
+from covidxray.predictors.gate import (
+    GRID,
+    KIND_WORDS,
+    Gate,
+    LayoutHead,
+    summaries_of_files,
+    summaries_with_mirrors,
+)
 
 #: inverse regularisation strength of the layout head's logistic regression
 HEAD_C = 0.01
@@ -211,13 +218,15 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     runtime = load_runtime(model_path)  # the twin that serves: the gate judges its features
     train_files, train_labels = list_images(data_dir / "train")
     val_files, _ = list_images(data_dir / "val")
-    train, _ = summaries_of_files(runtime, train_files)
     val, val_notes = summaries_of_files(runtime, val_files)
     folders = kind_folders(ood_dir)
-    kinds = {kind: summaries_of_files(runtime, files)[0] for kind, files in folders.items()}
-    mirrors = {kind: summaries_of_files(runtime, files, mirrored=True)[0] for kind, files in folders.items()}
-    if kinds:
-        mirrors["train"] = summaries_of_files(runtime, train_files, mirrored=True)[0]
+    both = {kind: summaries_with_mirrors(runtime, files) for kind, files in folders.items()}
+    kinds = {kind: plain for kind, (plain, _) in both.items()}
+    mirrors = {kind: flipped for kind, (_, flipped) in both.items()}
+    if kinds:  # the head learns from flipped films too
+        train, mirrors["train"] = summaries_with_mirrors(runtime, train_files)
+    else:
+        train, _ = summaries_of_files(runtime, train_files)
     gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors)
     path = model_path.with_suffix(".ood.npz")
     gate.save(path)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class Gate:
     head: LayoutHead | None = None
 
     #: the score above which an image is refused (each test's value is divided by its own threshold)
-    cut: float = 1.0
+    cut: ClassVar[float] = 1.0
 
     def distances(self, pooled: np.ndarray, centres: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of `pooled` (n, c) to each centre (k, c): (n, k)."""
@@ -114,22 +114,23 @@ class Gate:
         pooled, _ = self.split(summaries)
         return self.distances(pooled, self.means).min(axis=1)
 
-    def scores(self, summaries: np.ndarray) -> np.ndarray:
+    def scores(self, summaries: np.ndarray, density: np.ndarray | None = None) -> np.ndarray:
         """The OOD score of each image (rows of `summarize`): the larger of the two tests' values, each
-        over its threshold."""
-        score = self.density(summaries) / self.threshold
+        over its threshold (`density`: the density test's values, when already computed)."""
+        score = (self.density(summaries) if density is None else density) / self.threshold
         if self.head is not None:
             score = np.maximum(score, self.head.ratios(self.split(summaries)[1]))
         return score
 
     def judge(self, summary: np.ndarray, notes: list[str] = ()) -> Verdict:  # type: ignore[assignment]
         """The verdict on one image's summary (the output of `summarize`), given the decoder's notes."""
-        score = float(self.scores(summary[None])[0])
+        pooled = self.split(summary[None])[0]
+        near_frontal = float(self.distances(pooled, self.means)[0].min())
+        score = float(self.scores(summary[None], np.array([near_frontal]))[0])
         looks_like = "photo" if PHOTO_NOTE in notes else None
         if looks_like is None and self.kind_means is not None and len(self.kind_names):
-            pooled = self.split(summary[None])[0]
             near_kind = self.distances(pooled, self.kind_means)[0]
-            if near_kind.min() < self.distances(pooled, self.means)[0].min():
+            if near_kind.min() < near_frontal:
                 looks_like = self.kind_names[int(near_kind.argmin())]
         passed = score <= self.cut and looks_like != "photo"
         return Verdict(score, self.cut, passed, None if passed else looks_like)
@@ -220,17 +221,28 @@ def open_guard(mode: str, model_path: Path, runtime: Any = None) -> Guard | None
     return Guard(Gate.load(path), mode, runtime)
 
 
-def summaries_of_files(
-    runtime: Any, files: list[Path], mirrored: bool = False
-) -> tuple[np.ndarray, list[list[str]]]:
-    """The gate's input (`summarize`) for each file as the service computes it, and the decoder's notes;
-    with `mirrored`, of each prepared image flipped left-right instead."""
+def summaries_of_files(runtime: Any, files: list[Path]) -> tuple[np.ndarray, list[list[str]]]:
+    """The gate's input (`summarize`) for each file as the service computes it, and the decoder's notes."""
+    summaries, _, notes = _summaries(runtime, files, mirrors=False)
+    return summaries, notes
+
+
+def summaries_with_mirrors(runtime: Any, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The gate's input for each file, and for each prepared image flipped left-right (one decode)."""
+    summaries, mirrored, _ = _summaries(runtime, files, mirrors=True)
+    return summaries, mirrored
+
+
+def _summaries(
+    runtime: Any, files: list[Path], mirrors: bool
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     from covidxray.predictors.runtime import prepared_batches
 
-    summaries, notes = [], []
+    summaries, mirrored, notes = [], [], []
     for _, prepared, _, features in prepared_batches(runtime, files):
-        if mirrored:
-            _, features = runtime.run(np.stack([p.tensor[:, ::-1] for p in prepared]))
         summaries += [summarize(maps) for maps in features]
         notes += [p.warnings for p in prepared]
-    return np.stack(summaries), notes
+        if mirrors:
+            _, flipped = runtime.run(np.stack([p.tensor[:, ::-1] for p in prepared]))
+            mirrored += [summarize(maps) for maps in flipped]
+    return np.stack(summaries), np.stack(mirrored) if mirrors else np.zeros((0,)), notes
