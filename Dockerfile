@@ -6,7 +6,7 @@
 # (Cloud Run sets PORT). The package runs from its source tree at /app (on PYTHONPATH), so the
 # Keras service finds its model where it does in the repository: /app/app-keras/model/.
 
-FROM python:3.11-slim AS build
+FROM python:3.11-slim-bookworm AS build
 ARG SERVICE=keras
 # The cloud backends (gs://, bigquery://) that deploy/*.yaml configure; empty for a local-only image.
 ARG CLOUD_EXTRA=gcp
@@ -30,7 +30,7 @@ RUN case "$SERVICE" in \
       echo "the $SERVICE image must not carry TensorFlow" >&2; exit 1; \
     fi
 
-FROM python:3.11-slim AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 ARG SERVICE=keras
 LABEL org.opencontainers.image.title="covidxray-${SERVICE}" \
       org.opencontainers.image.description="Chest X-ray classifier service (covid, pneumonia, normal); not for diagnosis" \
@@ -42,6 +42,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8080 \
     COVIDXRAY_DATA_DIR=/var/lib/covidxray
+# Tesseract (Debian bookworm's, pinned with the base) reads burnt-in text on uploads and DICOM instances
+# (COVIDXRAY_BURNED_IN); without it nothing is blacked out and answers only warn that it was not checked.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tesseract-ocr=5.3.0-2 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 covidxray \
  && useradd --system --uid 10001 --gid covidxray --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin covidxray \

@@ -149,9 +149,14 @@ def test_hadolint_finds_nothing():
 def test_builds_in_stages_on_python_311_slim():
     stages = parse_dockerfile(DOCKERFILE.read_text())
     assert len(stages) >= 2
-    assert {stage.image for stage in stages} == {"python:3.11-slim"}
+    assert {stage.image for stage in stages} == {"python:3.11-slim-bookworm"}
     assert [stage.name for stage in stages] == ["build", "runtime"]
     assert stages[-1].values("HEALTHCHECK") and stages[-1].values("EXPOSE") == ["8080"]
+
+
+def test_runtime_image_carries_tesseract_for_burnt_in_text():
+    installs = " ".join(parse_dockerfile(DOCKERFILE.read_text())[-1].values("RUN"))
+    assert re.search(r"apt-get install [^&]*\btesseract-ocr=\S+", installs)  # pinned with the base
 
 
 @pytest.mark.parametrize("service", SERVICES)
