@@ -49,6 +49,12 @@ NAMED_KINDS = "folder of known non-frontal inputs (ct/, lateral/) that the gate 
     help="pretrained backbones: the first block that trains, on cached outputs of the frozen ones "
     "below it (0: the whole network)",
 )
+@click.option(
+    "--adapt-bn/--no-adapt-bn",
+    default=None,
+    help="pretrained backbones: re-estimate the training blocks' batch-norm statistics on the films "
+    "before they train (AdaBN) instead of keeping ImageNet's",
+)
 @ood_option(NAMED_KINDS)
 def train(
     data_dir: str,
@@ -61,6 +67,7 @@ def train(
     mixup: float | None,
     hflip: bool | None,
     tune_from: int | None,
+    adapt_bn: bool | None,
     ood_dir: Path | None,
 ) -> None:
     """Train the model; write FILE.keras, its ONNX twins FILE.onnx and FILE.int8.onnx, and FILE.json."""
@@ -73,13 +80,20 @@ def train(
     if out.suffix != ".keras":
         raise click.BadParameter("must end in .keras", param_hint="--out")
     options: dict[str, Any] = dict(
-        size=size, epochs=epochs, seed=seed, members=members, mixup=mixup, hflip=hflip, tune_from=tune_from
+        size=size,
+        epochs=epochs,
+        seed=seed,
+        members=members,
+        mixup=mixup,
+        hflip=hflip,
+        tune_from=tune_from,
+        adapt_bn=adapt_bn,
     )
     try:
         cfg = TrainConfig.for_backbone(backbone, **{k: v for k, v in options.items() if v is not None})
         cfg.validate()
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tune-from") from exc
+        raise click.BadParameter(str(exc), param_hint=["--tune-from", "--adapt-bn"]) from exc
     try:
         with data_folder(data_dir) as folder:
             meta = run_training(folder, out, cfg, ood_dir=ood_dir)

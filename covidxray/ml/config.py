@@ -26,6 +26,7 @@ class TrainConfig:
     backbone_learning_rate: float = 1e-4  # pretrained only (the upper blocks' peak rate)
     bn_momentum: float = 0.0  # pretrained only; 0: ImageNet batch-norm statistics frozen, else re-estimated
     tune_from: int = 11  # pretrained only: the first block that trains (0: the whole network)
+    adapt_bn: bool = False  # tune_from > 0: re-estimate those blocks' batch-norm statistics first
     copies: int = 4  # tune_from > 0: cached passes over the training films (all but the first augmented)
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
@@ -57,7 +58,9 @@ class TrainConfig:
         return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        """Raise ValueError when the backbone has no block `tune_from`."""
+        """Raise ValueError when the backbone has no block `tune_from`, or `adapt_bn` nothing to adapt."""
+        if self.adapt_bn and not (self.pretrained and self.tune_from):
+            raise ValueError("adapting batch norm needs a pretrained backbone and tune_from > 0")
         if self.pretrained and self.tune_from:
             from covidxray.ml.efficientnet_lite import cut_layer
 

@@ -3,8 +3,9 @@
 The warm-up fits the output layer on the backbone's pooled features of the (unaugmented) training
 films, which takes seconds. Then either the top blocks train on cached outputs of the frozen lower
 blocks (`TrainConfig.tune_from` > 0: each epoch reads one of `copies` cached, differently augmented
-passes of the training films, so an epoch costs only the top's forward and backward passes), or the
-whole network trains with augmentation, the backbone at a lower learning rate than the head (two
+passes of the training films, so an epoch costs only the top's forward and backward passes; with
+`TrainConfig.adapt_bn` their batch-norm statistics are first re-estimated on the films), or the whole
+network trains with augmentation, the backbone at a lower learning rate than the head (two
 AdamW optimisers in one training step). Both stop early on val loss.
 """
 
@@ -186,6 +187,8 @@ def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN
     log.info("caching the frozen blocks' output of %d passes over %d films", cfg.copies, len(x_train))
     copies = [activations(bottom, x_train, augment if c else None) for c in range(cfg.copies)]
     val = activations(bottom, x_val).astype(np.float32)
+    if cfg.adapt_bn:
+        adapt_batch_norm(next(layer for layer in top.layers if hasattr(layer, "layers")), copies[0])
     pooled = keras.Model(top.inputs, top.layers[-3].output)  # the pooling layer, before the dropout
     feats = np.concatenate([np.asarray(pooled(copies[0][s : s + 64])) for s in range(0, len(x_train), 64)])
     head_history = fit_probe(top.get_layer(LOGITS), feats, y_train, w_train, cfg)
@@ -224,6 +227,29 @@ def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN
     top.set_weights(best_weights)
     merge_top(model, top)
     return model, {**history, "head_accuracy": head_history["accuracy"][-1:]}
+
+
+def adapt_batch_norm(net, x: np.ndarray, batch_size: int = 64) -> None:  # noqa: ANN001
+    """Re-estimate every batch-norm layer's moving mean and variance in `net` on its inputs `x` (AdaBN).
+
+    Layer by layer, in order, each on the outputs of the layers before it with their statistics already
+    re-estimated, so each layer normalises what it will see; the scales and shifts are kept.
+    """
+    import keras
+    from keras import layers
+
+    for layer in net.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        probe = keras.Model(net.inputs[0], layer.input)
+        total, squares, count = np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_mean.shape), 0
+        for start in range(0, len(x), batch_size):
+            seen = np.asarray(probe(x[start : start + batch_size].astype(np.float32), training=False))
+            flat = seen.reshape(-1, seen.shape[-1]).astype(np.float64)
+            total, squares, count = total + flat.sum(0), squares + (flat**2).sum(0), count + len(flat)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(squares / count - mean**2, 0.0).astype(np.float32))
 
 
 def merge_top(model, top) -> None:  # noqa: ANN001

@@ -151,15 +151,20 @@ def export_onnx(model: keras.Model, path: Path, opset: int = 17) -> None:
 
 
 def check_twin(model: keras.Model, onnx_path: Path, batch: np.ndarray, tolerance: float) -> dict[str, float]:
-    """Compare the ONNX twin with `model` on `batch`; raise RuntimeError beyond `tolerance`."""
+    """Compare the ONNX twin with `model` on `batch`; return each output's largest absolute difference.
+
+    Raise RuntimeError where one exceeds `tolerance` times the output's largest magnitude (at least 1):
+    float32 rounding grows with the values, so feature maps that reach 6 may differ by a few 1e-4.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     twin = session.run([LOGITS, FEATURES], {"image": batch.astype(np.float32)})
     ours = [np.asarray(t) for t in model(batch, training=False)]
-    diffs = {
-        name: float(np.abs(a - b).max()) for name, a, b in zip((LOGITS, FEATURES), twin, ours, strict=True)
-    }
-    if max(diffs.values()) > tolerance:
-        raise RuntimeError(f"the ONNX twin disagrees with the Keras model: {diffs} (tolerance {tolerance})")
+    diffs, bounds = {}, {}
+    for name, a, b in zip((LOGITS, FEATURES), twin, ours, strict=True):
+        diffs[name] = float(np.abs(a - b).max())
+        bounds[name] = tolerance * max(1.0, float(np.abs(b).max()))
+    if any(diffs[name] > bounds[name] for name in diffs):
+        raise RuntimeError(f"the ONNX twin disagrees with the Keras model: {diffs} (allowed {bounds})")
     return diffs
