@@ -123,6 +123,20 @@ def test_check_twin_fails_beyond_tolerance(model_path: Path) -> None:
         check_twin(model, model_path.with_suffix(".onnx"), batch, tolerance=-1.0)
 
 
+def test_check_twin_bound_grows_with_the_outputs_and_diffs_are_absolute(model_path: Path) -> None:
+    import keras
+
+    from covidxray.ml.model import check_twin
+
+    model = keras.models.load_model(model_path, compile=False)
+    batch = np.random.default_rng(0).random((2, 96, 96, 1), dtype=np.float32)
+    diffs = check_twin(model, model_path.with_suffix(".onnx"), batch, tolerance=1e-4)
+    assert set(diffs) == {"logits", "features"} and all(0.0 <= d <= 1e-3 for d in diffs.values())
+    if max(diffs.values()) > 0:  # a bound of 1e-12 of the outputs' size is below float32 rounding
+        with pytest.raises(RuntimeError, match="allowed"):
+            check_twin(model, model_path.with_suffix(".onnx"), batch, tolerance=1e-12)
+
+
 def test_unknown_runtime_is_refused(model_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown runtime"):
         load_runtime(model_path, "tflite")
