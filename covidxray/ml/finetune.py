@@ -188,7 +188,7 @@ def fit_top(data: tuple, cfg, seed: int, verbose: int = 1):  # noqa: ANN001, ANN
     copies = [activations(bottom, x_train, augment if c else None) for c in range(cfg.copies)]
     val = activations(bottom, x_val).astype(np.float32)
     if cfg.adapt_bn:
-        adapt_batch_norm(next(layer for layer in top.layers if hasattr(layer, "layers")), copies[0])
+        adapt_batch_norm(upper_blocks(top), copies[0])
     pooled = keras.Model(top.inputs, top.layers[-3].output)  # the pooling layer, before the dropout
     feats = np.concatenate([np.asarray(pooled(copies[0][s : s + 64])) for s in range(0, len(x_train), 64)])
     head_history = fit_probe(top.get_layer(LOGITS), feats, y_train, w_train, cfg)
@@ -252,13 +252,18 @@ def adapt_batch_norm(net, x: np.ndarray, batch_size: int = 64) -> None:  # noqa:
         layer.moving_variance.assign(np.maximum(squares / count - mean**2, 0.0).astype(np.float32))
 
 
+def upper_blocks(top):  # noqa: ANN001, ANN201
+    """The nested model of upper blocks inside `top` (from `split_pretrained`)."""
+    return next(layer for layer in top.layers if hasattr(layer, "layers"))
+
+
 def merge_top(model, top) -> None:  # noqa: ANN001
     """Copy the trained upper blocks and head of `top` (from `split_pretrained`) into the whole `model`."""
     from covidxray.ml.model import LOGITS, backbone_of
 
     net = backbone_of(model)
     assert net is not None
-    upper = next(layer for layer in top.layers if hasattr(layer, "layers"))
+    upper = upper_blocks(top)
     for layer in upper.layers:
         if layer.weights:
             net.get_layer(layer.name).set_weights(layer.get_weights())

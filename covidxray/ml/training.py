@@ -128,8 +128,19 @@ def fit(train_dir: Path, val_dir: Path, cfg: TrainConfig, verbose: int = 1):  # 
     model = ensemble(members)
     films = x_val.astype(np.float32) / 255.0
     val_logits = np.asarray(model.predict(films, verbose=0)[0])
-    pick = np.random.default_rng(cfg.seed).permutation(len(x_train))[:128]
-    return model, val_logits, y_val, histories, films, x_train[np.sort(pick)].astype(np.float32) / 255.0
+    calib = x_train[calibration_pick(len(x_train), cfg.seed)].astype(np.float32) / 255.0
+    return model, val_logits, y_val, histories, films, calib
+
+
+def calibration_pick(n: int, seed: int) -> np.ndarray:
+    """The sorted indices of the seeded sample of up to 128 of `n` training films that calibrate int8."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:128])
+
+
+def calibration_films(train_files: list[Path], size: int, seed: int) -> np.ndarray:
+    """The calibration films (`calibration_pick`) decoded at `size`, as float32 in [0, 1]."""
+    picked = [train_files[i] for i in calibration_pick(len(train_files), seed)]
+    return load_arrays(picked, size).astype(np.float32) / 255.0
 
 
 def train(
@@ -177,8 +188,7 @@ def join(data_dir: str | Path, out: str | Path, members: list[Path], ood_dir: Pa
     train_files, _ = list_images(data_dir / "train")
     val_files, y_val = list_images(data_dir / "val")
     x_val = load_arrays(val_files, size).astype(np.float32) / 255.0
-    pick = np.sort(np.random.default_rng(0).permutation(len(train_files))[:128])
-    calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
+    calib = calibration_films(train_files, size, seed=0)
     val_logits = np.asarray(model.predict(x_val, verbose=0)[0])
     training = {
         "joined": [
@@ -291,8 +301,7 @@ def int8_twin_for(model_path: Path, data_dir: Path) -> dict:
     meta["onnx_max_abs_diff"] = diffs
     meta["twins"] = {**meta.get("twins", {}), "onnx-float": float_entry}
     seed = int(meta.get("training", {}).get("config", {}).get("seed", 0))
-    pick = np.sort(np.random.default_rng(seed).permutation(len(train_files))[:128])
-    calib = load_arrays([train_files[i] for i in pick], size).astype(np.float32) / 255.0
+    calib = calibration_films(train_files, size, seed)
     x_val = load_arrays(val_files, size).astype(np.float32) / 255.0
     meta = add_int8_twin(model_path, meta, calib, x_val, y_val)
     fitted_on = meta.get("ood", {}).get("fitted_on", "onnx-float")
