@@ -22,11 +22,16 @@ NAMED_KINDS = "folder of known non-frontal inputs (ct/, lateral/) that the gate 
 @click.option(
     "--backbone",
     type=click.Choice(["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch"]),
-    default="scratch",
+    default="efficientnet-lite0",
     show_default=True,
-    help="scratch: the small CNN (shipped); efficientnet-liteN: fine-tune an ImageNet-pretrained one",
+    help="efficientnet-liteN: fine-tune an ImageNet-pretrained one (Lite0: shipped); scratch: the small CNN",
 )
-@click.option("--size", type=click.IntRange(min=32), default=None, help="input size in pixels")
+@click.option(
+    "--size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="input size in pixels (default: 288 pretrained, 224 scratch)",
+)
 @click.option("--epochs", type=int, default=None, help="maximum epochs (early stopping on val)")
 @click.option("--seed", type=int, default=None, help="random seed (member i uses seed + i)")
 @click.option(
@@ -53,7 +58,7 @@ NAMED_KINDS = "folder of known non-frontal inputs (ct/, lateral/) that the gate 
     "--adapt-bn/--no-adapt-bn",
     default=None,
     help="pretrained backbones: re-estimate the training blocks' batch-norm statistics on the films "
-    "before they train (AdaBN) instead of keeping ImageNet's",
+    "before they train (AdaBN) instead of keeping ImageNet's (default: on where --tune-from > 0)",
 )
 @ood_option(NAMED_KINDS)
 def train(
@@ -154,7 +159,13 @@ def quantize(data_dir: str, model_path: Path | None) -> None:
 @data_option(TRAIN_VAL)
 @model_option
 @ood_option(NAMED_KINDS)
-def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None) -> None:
+@click.option(
+    "--flips/--no-flips",
+    default=False,
+    show_default=True,
+    help="the layout head also learns from every image flipped left-right",
+)
+def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None, flips: bool) -> None:
     """Fit the gate for non-frontal inputs (threshold on val); write FILE.ood.npz and update FILE.json."""
     import json
 
@@ -163,5 +174,5 @@ def gate(data_dir: str, model_path: Path | None, ood_dir: Path | None) -> None:
 
     setup_logging()
     with data_folder(data_dir) as folder:
-        entry = build_gate(model_path or DEFAULT_MODEL, folder, ood_dir)
+        entry = build_gate(model_path or DEFAULT_MODEL, folder, ood_dir, flips=flips)
     click.echo(json.dumps(entry))

@@ -11,12 +11,12 @@ BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "
 class TrainConfig:
     """Hyper-parameters of one training run (stored in the metadata JSON).
 
-    The defaults fine-tune the pretrained backbone; `for_backbone("scratch")` gives the recipe of the
-    network trained from scratch.
+    The defaults are the shipped recipe (EfficientNet-Lite0 at 288 px, blocks 11 up trained on AdaBN
+    statistics); `for_backbone("scratch")` gives the recipe of the network trained from scratch.
     """
 
     backbone: str = "efficientnet-lite0"
-    size: int = 224
+    size: int = 288
     widths: tuple[int, ...] = (16, 32, 64, 128, 192)  # scratch only
     blocks: int = 2  # residual blocks per stage (scratch only)
     epochs: int = 15
@@ -26,7 +26,7 @@ class TrainConfig:
     backbone_learning_rate: float = 1e-4  # pretrained only (the upper blocks' peak rate)
     bn_momentum: float = 0.0  # pretrained only; 0: ImageNet batch-norm statistics frozen, else re-estimated
     tune_from: int = 11  # pretrained only: the first block that trains (0: the whole network)
-    adapt_bn: bool = False  # tune_from > 0: re-estimate those blocks' batch-norm statistics first
+    adapt_bn: bool = True  # tune_from > 0: re-estimate those blocks' batch-norm statistics first
     copies: int = 4  # tune_from > 0: cached passes over the training films (all but the first augmented)
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
@@ -47,6 +47,8 @@ class TrainConfig:
         base: dict[str, object] = {"backbone": backbone}
         if backbone == "scratch":
             base.update(
+                size=224,
+                adapt_bn=False,
                 epochs=45,
                 batch_size=32,
                 learning_rate=2e-3,
@@ -55,6 +57,8 @@ class TrainConfig:
                 ema=0.99,
                 seed=20261125,
             )
+        elif overrides.get("tune_from") == 0:
+            base.update(adapt_bn=False)  # the whole network trains: no cached blocks to adapt
         return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def validate(self) -> None:

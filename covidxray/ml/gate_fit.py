@@ -31,26 +31,29 @@ def fit(
     max_false_refusals: float = 0.01,
     kinds: dict[str, np.ndarray] | None = None,
     mirrors: dict[str, np.ndarray] | None = None,
+    groups: list[str] | None = None,
 ) -> Gate:
     """Fit the gate on training films' summaries (n, (1 + GRID²) c, from `summarize`) and their labels.
 
-    The density test's threshold lets through all but half of `max_false_refusals` of the val films; the
-    layout head, fitted when `kinds` maps known kinds of non-frontal input to examples of their
-    summaries, gets a threshold such that both tests together refuse at most `max_false_refusals` of the
-    val films. `mirrors` maps "train" and each kind to the summaries of the same images flipped
-    left-right, which the head learns from too: the side a film faces does not make it frontal. The means
-    of the kinds that have words (KIND_WORDS) name what a refused input looks like.
+    The density test's threshold lets through all but half of `max_false_refusals` of the films it did
+    not learn from: the val films and, when `groups` gives each training film's patient, the training
+    films scored out of fold (a few hundred val films put a 0.5 % quantile at their second-highest
+    value, and the distances of wide feature maps crowd just below it). The layout head, fitted when
+    `kinds` maps known kinds of non-frontal input to examples of their summaries, gets the largest
+    decision of the val films that pass the density test as its threshold: it refuses none of them (its
+    training films cannot tell its held-out tail, and below the largest of a few hundred val films a
+    quantile is the noise of one film). `mirrors` maps "train"
+    and each kind to the summaries of the same images flipped left-right, which the head learns from
+    too: the side a film faces does not make it frontal. The means of the kinds that have words
+    (KIND_WORDS) name what a refused input looks like.
     """
-    from sklearn.covariance import LedoitWolf
-
     channels = _channels(train)
     pooled = train[:, :channels]
-    classes = np.unique(labels)
-    means = np.stack([pooled[labels == c].mean(axis=0) for c in classes])
-    centred = pooled - means[np.searchsorted(classes, labels)]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    gate = Gate(means.astype(np.float32), precision.astype(np.float32), threshold=np.inf)
-    gate.threshold = float(np.quantile(gate.density(val), 1.0 - max_false_refusals / 2))
+    gate = _density_gate(pooled, labels)
+    held_out = [gate.density(val)]
+    if groups is not None:
+        held_out.append(out_of_fold_density(pooled, labels, groups))
+    gate.threshold = float(np.quantile(np.concatenate(held_out), 1.0 - max_false_refusals / 2))
     named = {kind: v for kind, v in (kinds or {}).items() if kind in KIND_WORDS}
     if named:
         gate.kind_names = tuple(named)
@@ -60,11 +63,34 @@ def fit(
         frontal = [train, *([mirrors["train"]] if "train" in mirrors else [])]
         others = [*kinds.values(), *(mirrors[k] for k in kinds if k in mirrors)]
         gate.head = fit_head(np.concatenate(frontal)[:, channels:], np.concatenate(others)[:, channels:])
-        refused = gate.density(val) > gate.threshold
-        allowed = max(int(max_false_refusals * len(val)) - int(refused.sum()), 0)
-        rest = np.sort(gate.head.decisions(val[~refused, channels:]))[::-1]
-        gate.head.threshold = float(rest[allowed]) if allowed < len(rest) else float(rest[-1])
+        passed = val[gate.density(val) <= gate.threshold]
+        gate.head.threshold = float(gate.head.decisions(passed[:, channels:]).max())
     return gate
+
+
+def _density_gate(pooled: np.ndarray, labels: np.ndarray) -> Gate:
+    """A gate with the density test alone (no threshold yet): class means and the Ledoit-Wolf precision
+    of the pooled features `pooled` (n, c) around them."""
+    from sklearn.covariance import LedoitWolf
+
+    classes = np.unique(labels)
+    means = np.stack([pooled[labels == c].mean(axis=0) for c in classes])
+    centred = pooled - means[np.searchsorted(classes, labels)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return Gate(means.astype(np.float32), precision.astype(np.float32), threshold=np.inf)
+
+
+def out_of_fold_density(
+    pooled: np.ndarray, labels: np.ndarray, groups: list[str], folds: int = 5
+) -> np.ndarray:
+    """The density test's value of each training film by a gate fitted on the other patients' films
+    (`folds` patient-grouped folds; `groups`: one patient key per film)."""
+    from sklearn.model_selection import GroupKFold
+
+    values = np.zeros(len(pooled))
+    for seen, unseen in GroupKFold(min(folds, len(set(groups)))).split(pooled, groups=groups):
+        values[unseen] = _density_gate(pooled[seen], labels[seen]).density(pooled[unseen])
+    return values
 
 
 def _channels(summaries: np.ndarray) -> int:
@@ -96,6 +122,7 @@ def cross_validate(
     groups: dict[str, list[str]],
     folds: int = 4,
     mirrors: dict[str, np.ndarray] | None = None,
+    train_groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Each known kind's inputs caught by a gate whose head never saw their patient (`groups`: one patient
     key per example), in `folds` patient-grouped folds; and the val films each fold's gate refused.
@@ -116,7 +143,7 @@ def cross_validate(
         held_mirrors = {k: flipped[seen][kind_of[seen] == k] for k in held} if flipped is not None else {}
         if "train" in mirrors:
             held_mirrors["train"] = mirrors["train"]
-        gate = fit(train, labels, val, kinds=held, mirrors=held_mirrors)
+        gate = fit(train, labels, val, kinds=held, mirrors=held_mirrors, groups=train_groups)
         verdicts = gate.scores(every[unseen]) > gate.cut
         for k in names:
             caught[k] += int(verdicts[kind_of[unseen] == k].sum())
@@ -207,10 +234,21 @@ def patients_of(ood_dir: Path, files: list[Path]) -> list[str]:
     return [known.get(f"{path.parent.name}/{path.name}", path.name) for path in files]
 
 
-def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) -> dict:
+def patients_of_films(data_dir: Path, files: list[Path]) -> list[str]:
+    """One patient key per film: `patient_id` from the data set's `manifest.csv` where it lists the film,
+    else the film's own path (each film its own patient)."""
+    from covidxray.ml.evaluation import find_manifest, read_manifest
+
+    manifest = find_manifest(data_dir)
+    rows = read_manifest(manifest) if manifest else {}
+    return [rows.get(path.resolve(), {}).get("patient_id") or str(path) for path in files]
+
+
+def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, flips: bool = False) -> dict:
     """Fit the gate of the model at `model_path` on `data_dir/train`, its thresholds on `data_dir/val`
-    and its layout head on `ood_dir/<kind>/` (if given); write FILE.ood.npz and record it in FILE.json
-    (thresholds, false refusals on val, the head's patient-grouped cross-validation); return the entry.
+    and its layout head on `ood_dir/<kind>/` (if given; with `flips`, on every image flipped left-right
+    too); write FILE.ood.npz and record it in FILE.json (thresholds, false refusals on val, the head's
+    patient-grouped cross-validation); return the entry.
     """
     from covidxray.ml.datasets import list_images
     from covidxray.predictors.runtime import load_runtime
@@ -220,14 +258,19 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     val_files, _ = list_images(data_dir / "val")
     val, val_notes = summaries_of_files(runtime, val_files)
     folders = kind_folders(ood_dir)
-    both = {kind: summaries_with_mirrors(runtime, files) for kind, files in folders.items()}
-    kinds = {kind: plain for kind, (plain, _) in both.items()}
-    mirrors = {kind: flipped for kind, (_, flipped) in both.items()}
-    if kinds:  # the head learns from flipped films too
+    mirrors: dict[str, np.ndarray] = {}
+    if flips:
+        both = {kind: summaries_with_mirrors(runtime, files) for kind, files in folders.items()}
+        kinds = {kind: plain for kind, (plain, _) in both.items()}
+        mirrors = {kind: flipped for kind, (_, flipped) in both.items()}
+    else:
+        kinds = {kind: summaries_of_files(runtime, files)[0] for kind, files in folders.items()}
+    if kinds and flips:  # the head learns from flipped films too
         train, mirrors["train"] = summaries_with_mirrors(runtime, train_files)
     else:
         train, _ = summaries_of_files(runtime, train_files)
-    gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors)
+    train_groups = patients_of_films(data_dir, train_files)
+    gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors, groups=train_groups)
     path = model_path.with_suffix(".ood.npz")
     gate.save(path)
     refused = [not gate.judge(s, n).passed for s, n in zip(val, val_notes, strict=True)]
@@ -235,8 +278,10 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
         "file": path.name,
         "method": (
             "the larger of two tests, each over its threshold: the class-conditional Mahalanobis distance of"
-            " the pooled features (Ledoit-Wolf covariance), and a logistic head on the feature maps' means"
-            f" over a {GRID} x {GRID} grid trained against the known kinds (images also flipped left-right)"
+            " the pooled features (Ledoit-Wolf covariance; its threshold from the val films and the training"
+            " films scored out of fold, by patient), and a logistic head on the feature maps' means"
+            f" over a {GRID} x {GRID} grid trained against the known kinds"
+            + (" (images also flipped left-right)" if flips else "")
         ),
         "threshold": gate.cut,
         "density_threshold": gate.threshold,
@@ -248,7 +293,9 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None) ->
     }
     if ood_dir is not None and kinds:
         groups = {kind: patients_of(ood_dir, files) for kind, files in folders.items()}
-        entry["cross_validated"] = cross_validate(train, train_labels, val, kinds, groups, mirrors=mirrors)
+        entry["cross_validated"] = cross_validate(
+            train, train_labels, val, kinds, groups, mirrors=mirrors, train_groups=train_groups
+        )
     meta_path = model_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "ood": entry}, indent=2) + "\n")

@@ -16,7 +16,7 @@ from covidxray import create_app
 from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.cli import main
 from covidxray.labels import LABELS, UNCERTAIN
-from covidxray.ml.gate_fit import cross_validate, fit, patients_of
+from covidxray.ml.gate_fit import cross_validate, fit, patients_of, patients_of_films
 from covidxray.predictors.gate import GRID, Gate, open_guard, summarize
 from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.settings import ConfigError, Settings
@@ -233,6 +233,20 @@ def test_the_thresholds_let_through_all_but_the_stated_share_of_val(tmp_path: Pa
     assert again.head is not None and again.head.threshold == pytest.approx(gate.head.threshold)
 
 
+def test_the_density_threshold_also_counts_training_films_scored_out_of_fold() -> None:
+    rng = np.random.default_rng(4)
+    train, labels, few_val = films(rng, 600), np.repeat([0, 1, 2], 200), films(rng, 10)
+    new_films = films(rng, 4000)
+
+    def refused(gate: Gate) -> float:
+        return float(np.mean(gate.density(new_films) > gate.threshold))
+
+    val_only = fit(train, labels, few_val)
+    by_patient = fit(train, labels, few_val, groups=[f"p{i // 2}" for i in range(600)])
+    assert refused(val_only) > 0.02  # ten val films put the 0.5 % quantile near their largest value
+    assert refused(by_patient) <= 0.01  # 610 held-out films put it where it belongs
+
+
 def test_the_layout_head_catches_what_the_density_test_cannot_see() -> None:
     rng = np.random.default_rng(2)
     train, val, labels = films(rng, 600), films(rng, 400), np.repeat([0, 1, 2], 200)
@@ -258,6 +272,12 @@ def test_patients_come_from_the_manifest_else_each_file_is_its_own(tmp_path: Pat
     (tmp_path / "manifest.csv").write_text("file,kind,patient_id\nct/a.jpg,ct,p1\nct/b.jpg,ct,p1\n")
     files = [tmp_path / "ct" / name for name in ("a.jpg", "b.jpg", "c.jpg")]
     assert patients_of(tmp_path, files) == ["p1", "p1", "c.jpg"]
+
+
+def test_training_films_take_their_patient_from_the_data_sets_manifest(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_text("file,split,label,patient_id\ntrain/covid/a.jpg,train,covid,p7\n")
+    films = [tmp_path / "train" / "covid" / name for name in ("a.jpg", "b.jpg")]
+    assert patients_of_films(tmp_path / "train", films) == ["p7", str(films[1])]
 
 
 @needs_ood

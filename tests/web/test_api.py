@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
 
 from covidxray.labels import LABELS
+from covidxray.predictors.runtime import DEFAULT_MODEL
 from covidxray.web.auth import issue_token
 from tests.helpers import animated_gif, image_bytes
 
@@ -243,7 +245,8 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["ready"] is True
-    assert ready.get_json()["runtime"] == "onnx-int8"  # as `serve` names
+    served = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["serve"]
+    assert ready.get_json()["runtime"] == {"onnx-float": "onnx", "onnx-int8": "onnx-int8"}[served]
 
 
 def test_metrics_count_requests_and_predictions(client, auth, sample_jpeg):
