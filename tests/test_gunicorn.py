@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -54,3 +57,13 @@ def test_bad_upload_over_http_is_a_json_4xx(server):
         files={"image": ("x.png", b"text")},
     )
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_type"
+
+
+def test_the_config_gives_each_worker_one_blas_thread_unless_told():
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | {"OMP_NUM_THREADS": "2"}
+    code = (
+        "import os, covidxray.gunicorn_conf; "
+        "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['OMP_NUM_THREADS'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "2"]  # one BLAS thread by default; an operator's own choice stays

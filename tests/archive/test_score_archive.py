@@ -57,10 +57,15 @@ def test_result_lines_carry_the_model_sha256_and_warnings(first_run: Run):
         assert len(line["sha256"]) == 64 and abs(sum(line["probabilities"].values()) - 1) < 1e-3
 
 
-def test_bad_files_go_to_the_errors_with_the_api_codes_and_the_run_says_how_many(first_run: Run):
+def test_bad_files_go_to_the_errors_with_the_api_codes_and_the_run_says_how_many(
+    first_run: Run, predicted: dict[str, dict]
+):
     codes = {Path(line["path"]).name: line["error"]["code"] for line in first_run.lines("errors")}
-    assert codes == BAD
-    assert f"{len(BAD)} failed" in first_run.stderr
+    # genuine films that the gate calls non-frontal, as `covidxray predict` does (it refuses about 1 % of films)
+    refused = {Path(path).name for path, row in predicted.items() if row.get("error")} - set(BAD)
+    assert len(refused) <= 2
+    assert codes == {**BAD, **dict.fromkeys(refused, "not_chest_radiograph")}
+    assert f"{len(codes)} failed" in first_run.stderr
     assert "scored " in first_run.stderr and "images (" in first_run.stderr
 
 
