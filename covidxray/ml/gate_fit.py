@@ -42,10 +42,9 @@ def fit(
     `kinds` maps known kinds of non-frontal input to examples of their summaries, gets the largest
     decision of the val films that pass the density test as its threshold: it refuses none of them (its
     training films cannot tell its held-out tail, and below the largest of a few hundred val films a
-    quantile is the noise of one film). `mirrors` maps "train"
-    and each kind to the summaries of the same images flipped left-right, which the head learns from
-    too: the side a film faces does not make it frontal. The means of the kinds that have words
-    (KIND_WORDS) name what a refused input looks like.
+    quantile is the noise of one film). `mirrors` maps "train" and each kind to the summaries of the
+    same images flipped left-right, which the head learns from too. The means of the kinds that have
+    words (KIND_WORDS) name what a refused input looks like.
     """
     channels = _channels(train)
     pooled = train[:, :channels]

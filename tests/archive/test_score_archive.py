@@ -61,7 +61,7 @@ def test_bad_files_go_to_the_errors_with_the_api_codes_and_the_run_says_how_many
     first_run: Run, predicted: dict[str, dict]
 ):
     codes = {Path(line["path"]).name: line["error"]["code"] for line in first_run.lines("errors")}
-    # genuine films that the gate calls non-frontal, as `covidxray predict` does (it refuses about 1 % of films)
+    # genuine films that the gate calls non-frontal, as `covidxray predict` does (about 1 % of films)
     refused = {Path(path).name for path, row in predicted.items() if row.get("error")} - set(BAD)
     assert len(refused) <= 2
     assert codes == {**BAD, **dict.fromkeys(refused, "not_chest_radiograph")}
