@@ -102,3 +102,14 @@ def test_the_int8_twin_picks_the_float_twins_class_on_the_samples() -> None:
     np.testing.assert_array_equal(pi.argmax(1), pf.argmax(1))
     bound = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["twins"]["onnx-int8"]["val"]
     assert np.abs(pi - pf).max() <= max(0.1, bound["max_probability_difference"])
+
+
+def test_train_with_its_defaults_reproduces_the_shipped_recipe() -> None:
+    from dataclasses import asdict
+
+    from covidxray.cli.model import train
+    from covidxray.ml.config import TrainConfig
+
+    shipped = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["training"]["config"]
+    backbone = next(o for o in train.params if o.name == "backbone").default
+    assert json.loads(json.dumps(asdict(TrainConfig.for_backbone(backbone)))) == shipped

@@ -276,8 +276,8 @@ def test_patients_come_from_the_manifest_else_each_file_is_its_own(tmp_path: Pat
 
 def test_training_films_take_their_patient_from_the_data_sets_manifest(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("file,split,label,patient_id\ntrain/covid/a.jpg,train,covid,p7\n")
-    films = [tmp_path / "train" / "covid" / name for name in ("a.jpg", "b.jpg")]
-    assert patients_of_films(tmp_path / "train", films) == ["p7", str(films[1])]
+    paths = [tmp_path / "train" / "covid" / name for name in ("a.jpg", "b.jpg")]
+    assert patients_of_films(tmp_path / "train", paths) == ["p7", str(paths[1])]
 
 
 @needs_ood
