@@ -6,6 +6,7 @@ The served side, `covidxray.predictors.gate`, only loads a fitted gate and judge
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,38 @@ def fit(
     same images flipped left-right, which the head learns from too. The means of the kinds that have
     words (KIND_WORDS) name what a refused input looks like.
     """
-    channels = _channels(train)
-    pooled = train[:, :channels]
+    return with_head(fit_density(train, labels, val, max_false_refusals, groups), train, val, kinds, mirrors)
+
+
+def fit_density(
+    train: np.ndarray,
+    labels: np.ndarray,
+    val: np.ndarray,
+    max_false_refusals: float = 0.01,
+    groups: list[str] | None = None,
+) -> Gate:
+    """The gate with its density test alone, its threshold as `fit` sets it."""
+    pooled = train[:, : _channels(train)]
     gate = _density_gate(pooled, labels)
     held_out = [gate.density(val)]
     if groups is not None:
         held_out.append(out_of_fold_density(pooled, labels, groups))
     gate.threshold = float(np.quantile(np.concatenate(held_out), 1.0 - max_false_refusals / 2))
+    return gate
+
+
+def with_head(
+    gate: Gate,
+    train: np.ndarray,
+    val: np.ndarray,
+    kinds: dict[str, np.ndarray] | None = None,
+    mirrors: dict[str, np.ndarray] | None = None,
+) -> Gate:
+    """A copy of the density-only `gate` with the kinds' names and, when `kinds` are given, the layout
+    head and its threshold, as `fit` sets them."""
+    channels = _channels(train)
     named = {kind: v for kind, v in (kinds or {}).items() if kind in KIND_WORDS}
+    gate = replace(gate)
     if named:
         gate.kind_names = tuple(named)
         gate.kind_means = np.stack([np.asarray(v)[:, :channels].mean(axis=0) for v in named.values()])
@@ -61,9 +86,10 @@ def fit(
         mirrors = mirrors or {}
         frontal = [train, *([mirrors["train"]] if "train" in mirrors else [])]
         others = [*kinds.values(), *(mirrors[k] for k in kinds if k in mirrors)]
-        gate.head = fit_head(np.concatenate(frontal)[:, channels:], np.concatenate(others)[:, channels:])
+        head = fit_head(np.concatenate(frontal)[:, channels:], np.concatenate(others)[:, channels:])
         passed = val[gate.density(val) <= gate.threshold]
-        gate.head.threshold = float(gate.head.decisions(passed[:, channels:]).max())
+        head.threshold = float(head.decisions(passed[:, channels:]).max())
+        gate.head = head
     return gate
 
 
@@ -136,13 +162,14 @@ def cross_validate(
     patients = np.concatenate([groups[k] for k in names])
     caught = dict.fromkeys(names, 0)
     val_refused = []
+    density = fit_density(train, labels, val, groups=train_groups)  # the same in every fold
     splits = GroupKFold(min(folds, len(set(patients)))).split(every, groups=patients)
     for seen, unseen in splits:
         held = {k: every[seen][kind_of[seen] == k] for k in names if (kind_of[seen] == k).any()}
         held_mirrors = {k: flipped[seen][kind_of[seen] == k] for k in held} if flipped is not None else {}
         if "train" in mirrors:
             held_mirrors["train"] = mirrors["train"]
-        gate = fit(train, labels, val, kinds=held, mirrors=held_mirrors, groups=train_groups)
+        gate = with_head(density, train, val, kinds=held, mirrors=held_mirrors)
         verdicts = gate.scores(every[unseen]) > gate.cut
         for k in names:
             caught[k] += int(verdicts[kind_of[unseen] == k].sum())
@@ -243,6 +270,13 @@ def patients_of_films(data_dir: Path, files: list[Path]) -> list[str]:
     return [rows.get(path.resolve(), {}).get("patient_id") or str(path) for path in files]
 
 
+def _read(runtime: Any, files: list[Path], flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The gate's input for each file and, with `flip`, for each image flipped left-right (else None)."""
+    if flip:
+        return summaries_with_mirrors(runtime, files)
+    return summaries_of_files(runtime, files)[0], None
+
+
 def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, flips: bool = False) -> dict:
     """Fit the gate of the model at `model_path` on `data_dir/train`, its thresholds on `data_dir/val`
     and its layout head on `ood_dir/<kind>/` (if given; with `flips`, on every image flipped left-right
@@ -257,17 +291,13 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, fl
     val_files, _ = list_images(data_dir / "val")
     val, val_notes = summaries_of_files(runtime, val_files)
     folders = kind_folders(ood_dir)
-    mirrors: dict[str, np.ndarray] = {}
-    if flips:
-        both = {kind: summaries_with_mirrors(runtime, files) for kind, files in folders.items()}
-        kinds = {kind: plain for kind, (plain, _) in both.items()}
-        mirrors = {kind: flipped for kind, (_, flipped) in both.items()}
-    else:
-        kinds = {kind: summaries_of_files(runtime, files)[0] for kind, files in folders.items()}
-    if kinds and flips:  # the head learns from flipped films too
-        train, mirrors["train"] = summaries_with_mirrors(runtime, train_files)
-    else:
-        train, _ = summaries_of_files(runtime, train_files)
+    flip = flips and bool(folders)  # only the layout head, trained on the kinds, learns from flipped films
+    train, train_flipped = _read(runtime, train_files, flip)
+    read = {kind: _read(runtime, files, flip) for kind, files in folders.items()}
+    kinds = {kind: plain for kind, (plain, _) in read.items()}
+    mirrors = {kind: flipped for kind, (_, flipped) in read.items() if flipped is not None}
+    if train_flipped is not None:
+        mirrors["train"] = train_flipped
     train_groups = patients_of_films(data_dir, train_files)
     gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors, groups=train_groups)
     path = model_path.with_suffix(".ood.npz")
