@@ -7,11 +7,13 @@ $COVIDXRAY_TOKEN, or with a token minted from the service's own settings, as `co
 does (COVIDXRAY_JWT_SECRET or COVIDXRAY_JWT_KEYS, else the development secret in
 COVIDXRAY_DATA_DIR). Uploads are the repository's sample radiographs (tests/samples/*.jpg) or the
 JPEGs in $COVIDXRAY_SAMPLES. Any status other than the expected one, a 429 included, is a failure.
+Each API user starts with a health check and a prediction: if the API refuses the token, the run stops.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import re
@@ -104,12 +106,18 @@ class ApiUser(HttpUser):
     wait_time = between(1, 3)
 
     def on_start(self) -> None:
+        """Check health, then the token with a first prediction: if the API refuses it, stop the run."""
         self.client.headers["Authorization"] = f"Bearer {api_token()}"
         self.ids: list[str] = []
         self.healthz()
+        status = self.predict()
+        if status in (401, 403):
+            logging.error("the API refused the token (HTTP %s): stopping the run", status)
+            self.environment.runner.quit()
 
     @task(6)
-    def predict(self) -> None:
+    def predict(self) -> int:
+        """Upload a sample with clinical fields; keep its id for reading back. Returns the HTTP status."""
         with self.client.post(
             "/api/v1/predict", files=upload(), data=clinical_fields(), catch_response=True
         ) as response:
@@ -117,13 +125,15 @@ class ApiUser(HttpUser):
             probabilities = body.get("probabilities") or {}
             if response.status_code != 200 or abs(sum(probabilities.values()) - 1) > 1e-3:
                 response.failure(f"expected a prediction, got HTTP {response.status_code}: {body}")
-                return
-            self.ids = [body["id"], *self.ids][:20]
+            else:
+                self.ids = [body["id"], *self.ids][:20]
+            return int(response.status_code)
 
     @task(1)
     def read_back(self) -> None:
         if not self.ids:
-            return self.predict()
+            self.predict()
+            return
         request_id = random.choice(self.ids)
         with self.client.get(
             f"/api/v1/predictions/{request_id}", name="/api/v1/predictions/<id>", catch_response=True

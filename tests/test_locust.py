@@ -86,5 +86,6 @@ def test_a_rejected_token_fails_the_run(server, tmp_path):
     url, data_dir = server
     result, stats = run_locust(url, data_dir, tmp_path, users=2, seconds=3, COVIDXRAY_TOKEN="not-a-jwt")
     assert result.returncode != 0
+    assert "the API refused the token (HTTP 401)" in result.stderr
     predict = stats[("POST", "/api/v1/predict")]
     assert predict["num_failures"] == predict["num_requests"] > 0
