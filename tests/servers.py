@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from covidxray.local_gunicorn import free_port, gunicorn_process, wait_ready
+from covidxray.local_gunicorn import free_port, gunicorn_process, log_tail, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Tries with a new port when the one picked was taken before gunicorn could bind it.
+BIND_ATTEMPTS = 3
 
 
 @contextmanager
@@ -20,21 +22,29 @@ def gunicorn(
 
     `answer_timeout`: how long each readiness probe may take (a slow first answer needs more).
     """
-    port = free_port()
-    environ = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "COVIDXRAY_WORKERS": str(workers),
-        "COVIDXRAY_DATA_DIR": str(data_dir),
-        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
-        # These servers test processes, limits and hostile input with generated pictures, which the
-        # gate would refuse; tests/predictors/test_ood.py checks the gate (and the default `refuse`) itself.
-        "COVIDXRAY_OOD": "off",
-        **env,
-    }
-    log = data_dir / "gunicorn.log"
-    url = f"http://127.0.0.1:{port}"
-    with gunicorn_process(ROOT / service, "wsgi:app", environ, log) as process:
-        wait_ready(url, process, log, answer_timeout=answer_timeout)
-        yield url
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port = free_port()  # free now; another process may still take it before gunicorn binds it
+        environ = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "COVIDXRAY_WORKERS": str(workers),
+            "COVIDXRAY_DATA_DIR": str(data_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
+            # These servers test processes, limits and hostile input with generated pictures, which
+            # the gate would refuse; tests/predictors/test_ood.py checks the gate (and the default
+            # `refuse`) itself.
+            "COVIDXRAY_OOD": "off",
+            **env,
+        }
+        log = data_dir / "gunicorn.log"
+        url = f"http://127.0.0.1:{port}"
+        with gunicorn_process(ROOT / service, "wsgi:app", environ, log) as process:
+            try:
+                wait_ready(url, process, log, answer_timeout=answer_timeout)
+            except RuntimeError:
+                if attempt < BIND_ATTEMPTS and "Connection in use" in log_tail(log):
+                    continue
+                raise
+            yield url
+            return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,14 +190,14 @@ def test_insert_ids_deduplicate_within_the_window(bq: BigQueryRequestLog) -> Non
 def test_delete_is_refused_while_in_the_streaming_buffer_then_erases(
     start_bigquery: Callable[..., BigQueryServer],
 ) -> None:
-    start_bigquery(buffer_seconds=0.5)
+    server = start_bigquery(buffer_seconds=600)
     init_bigquery(URI)
     bq = BigQueryRequestLog(URI)
     record = make_record()
     bq.record(record)
     with pytest.raises(gexc.BadRequest, match="streaming buffer"):
         bq.delete(record.id)
-    time.sleep(0.6)
+    server.store.buffer_seconds = 0  # the buffer has been flushed to storage
     bq.delete(record.id)
     assert bq.get(record.id) is None
 

