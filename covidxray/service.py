@@ -15,7 +15,7 @@ from covidxray.backends.requestlog import PredictionRecord, RequestLog
 from covidxray.backends.storage import ImageStore
 from covidxray.errors import ApiError, BackendUnavailable, NotChestRadiograph, NotFound
 from covidxray.imaging import clean_pixels
-from covidxray.imaging.heatmap import overlay_png
+from covidxray.imaging.heatmap import map_png, overlay_png, stored_map
 from covidxray.imaging.prepare import Prepared, prepare
 from covidxray.predictors.base import Outcome, Predictor
 from covidxray.predictors.calibration import decide
@@ -107,9 +107,10 @@ def predict_upload(
             outcome.probabilities, services.settings.uncertain_below, flagged
         )
         PREDICTIONS.labels(backend=predictor.backend, predicted_class=record.predicted_class).inc()
-        if outcome.heatmap is not None:
-            png = overlay_png(prepared.image, outcome.heatmap, (prepared.width, prepared.height))
-            heatmap = services.images.put(png, "png", content_type="image/png", request_id=request_id)
+        if outcome.heatmap is not None:  # the map only: heatmap_png draws it when it is fetched
+            heatmap = services.images.put(
+                map_png(outcome.heatmap), "png", content_type="image/png", request_id=request_id
+            )
             record.heatmap_uri = heatmap.uri
         elif explain:
             record.warnings.append(f"heatmaps are not available for the {predictor.backend} backend")
@@ -150,6 +151,23 @@ def find(services: Services, request_id: str, subject: str | None, admin: bool =
     if record is None or not (admin or record.subject == subject):
         raise NotFound("no prediction with this id")
     return record
+
+
+def heatmap_png(services: Services, record: PredictionRecord) -> bytes:
+    """The record's class activation map drawn over its stored image, as PNG.
+
+    Prediction stores only the map (a few hundred bytes); drawing it over the stored copy (with any
+    burnt-in text already blacked out) happens here, for the answers whose heatmap is looked at.
+    """
+    if not record.heatmap_uri:
+        raise NotFound("this prediction has no heatmap")
+    stored = services.images.get(record.heatmap_uri)
+    cam = stored_map(stored)
+    if cam is None:  # an overlay drawn at prediction time by an earlier release
+        return stored
+    image = services.images.get(record.image_uri)
+    prepared = prepare(image, services.predictor.input_size, max_pixels=services.settings.max_pixels)
+    return overlay_png(prepared.image, cam, (prepared.width, prepared.height))
 
 
 def erase(services: Services, record: PredictionRecord) -> None:

@@ -29,5 +29,5 @@ def receive(
 def _picture(services: Services, record: PredictionRecord, data: bytes) -> Image.Image:
     """The class activation map over the image, or the rendered image when the backend gives none."""
     if record.heatmap_uri:
-        return Image.open(io.BytesIO(services.images.get(record.heatmap_uri))).convert("RGB")
+        return Image.open(io.BytesIO(service.heatmap_png(services, record))).convert("RGB")
     return decode_dicom(data, services.settings.max_pixels).image

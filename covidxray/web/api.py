@@ -112,7 +112,7 @@ def heatmap(request_id: str) -> Any:
     record = service.find(current_services(), request_id, g.principal.subject, g.principal.allows("admin"))
     if not record.heatmap_uri:
         raise NotFound("this prediction has no heatmap; predict with explain=1")
-    return Response(current_services().images.get(record.heatmap_uri), mimetype="image/png")
+    return Response(service.heatmap_png(current_services(), record), mimetype="image/png")
 
 
 @bp.delete("/api/v1/predictions/<request_id>")

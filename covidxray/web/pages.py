@@ -109,7 +109,7 @@ def result_heatmap(request_id: str) -> Response:
     record = _own_record(request_id)
     if not record.heatmap_uri:
         raise NotFound("This result has no heatmap.")
-    return _private(current_services().images.get(record.heatmap_uri), "image/png")
+    return _private(service.heatmap_png(current_services(), record), "image/png")
 
 
 def _private(data: bytes, mimetype: str) -> Response:

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from covidxray import create_app
+from covidxray.imaging import heatmap
 from covidxray.imaging.burned_in import suspect_bands
+from covidxray.imaging.prepare import prepare
 from tests.dicomnode.films import SAMPLES, cr_dataset, to_bytes
 
 pytestmark = pytest.mark.skipif(
@@ -122,3 +124,19 @@ def test_a_dicom_that_declares_burnt_in_text_is_read_even_when_the_screen_sees_n
     assert not any("burnt-in" in w for w in undeclared["warnings"])
     declared = post_dicom(client, auth, to_bytes(cr_dataset(pixels, BurnedInAnnotation="YES"))).get_json()
     assert any("burnt-in" in w for w in declared["warnings"])
+
+
+def test_the_heatmap_is_drawn_over_the_redacted_copy(client, auth, tmp_path, predictor) -> None:
+    out = io.BytesIO()
+    Image.fromarray(film_with_text()).save(out, "PNG")
+    answer = client.post(
+        "/api/v1/predict?explain=1", data=out.getvalue(), headers={**auth, "Content-Type": "image/png"}
+    ).get_json()
+    drawn = client.get(answer["heatmap_url"], headers=auth).data
+    # what was stored: the map (a tiny PNG) and the redacted copy
+    kept_map, kept_copy = sorted((tmp_path / "uploads").rglob("*.png"), key=lambda path: path.stat().st_size)
+    cam = heatmap.stored_map(kept_map.read_bytes())
+    assert cam is not None
+    for data, expected in ((kept_copy.read_bytes(), True), (out.getvalue(), False)):
+        film = prepare(data, predictor.input_size)
+        assert (drawn == heatmap.overlay_png(film.image, cam, (film.width, film.height))) is expected

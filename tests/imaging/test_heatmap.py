@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidxray.imaging.heatmap import class_activation_map, overlay_png
+from covidxray import service
+from covidxray.imaging.heatmap import MAX_SIDE, class_activation_map, levels, map_png, overlay_png, stored_map
 from covidxray.imaging.prepare import prepare
 
 
@@ -51,6 +52,59 @@ def test_explain_returns_a_heatmap_url_served_as_png(client, auth, sample_jpeg):
     heat = Image.open(io.BytesIO(response.data))
     original = body["image"]["width"] / body["image"]["height"]
     assert heat.width / heat.height == pytest.approx(original, rel=0.01)
+
+
+def test_prediction_stores_only_the_map_and_the_route_draws_it_over_the_stored_image(
+    app, client, auth, sample_jpeg, predictor
+):
+    body = client.post(
+        "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
+    services = app.extensions["covidxray"]
+    record = services.log.get(body["id"])
+    kept = services.images.get(record.heatmap_uri)
+    cam = stored_map(kept)
+    assert cam is not None and cam.shape == (9, 9) and cam.dtype == np.uint8 and len(kept) < 1000
+    prepared = prepare(sample_jpeg, predictor.input_size)
+    logits, features = predictor.logits(prepared.tensor[None])
+    kernel, _ = predictor._runtime.output_weights
+    exact = class_activation_map(features[0], kernel, int(np.argmax(logits[0])))
+    np.testing.assert_array_equal(cam, levels(exact))  # the predicted class's map, all 256 levels kept
+    drawn = client.get(body["heatmap_url"], headers=auth).data
+    assert drawn == overlay_png(prepared.image, cam, (prepared.width, prepared.height))
+
+
+def test_an_overlay_drawn_by_an_earlier_release_is_served_as_stored(app, client, auth, sample_jpeg):
+    body = client.post(
+        "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
+    services = app.extensions["covidxray"]
+    record = services.log.get(body["id"])
+    old = overlay_png(Image.open(io.BytesIO(sample_jpeg)), np.eye(7), (320, 240))
+    record.heatmap_uri = services.images.put(old, "png", content_type="image/png", request_id=record.id).uri
+    assert stored_map(old) is None
+    assert service.heatmap_png(services, record) == old
+
+
+def test_a_map_png_is_tiny_and_marked_and_other_pngs_are_not_maps():
+    cam = np.random.default_rng(1).normal(size=(9, 9))
+    data = map_png(cam)
+    np.testing.assert_array_equal(stored_map(data), levels(cam))
+    plain = io.BytesIO()
+    Image.fromarray(levels(cam), "L").save(plain, "PNG")
+    assert stored_map(plain.getvalue()) is None  # the same pixels without the mark are a picture
+
+
+def test_overlay_is_at_most_max_side_and_draws_the_maps_hot_spot_red():
+    cam = np.zeros((9, 9))
+    cam[4, 4] = 1.0
+    image = Image.new("L", (2000, 1000), 128)
+    drawn = np.asarray(Image.open(io.BytesIO(overlay_png(image, cam, (2000, 1000)))))
+    assert drawn.shape == (MAX_SIDE // 2, MAX_SIDE, 3)
+    red, green, blue = drawn[MAX_SIDE // 4, MAX_SIDE // 2].astype(int)
+    assert red > green and red > blue  # the hottest level is red
+    red, green, blue = drawn[5, 5].astype(int)
+    assert blue > red  # the coldest is blue
 
 
 def test_no_heatmap_unless_asked(client, auth, sample_jpeg, stored):
