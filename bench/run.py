@@ -95,6 +95,9 @@ def _run(plan: Plan, model: Path, base: Code | None) -> dict[str, Any]:
                 "service", work / "baseline", SECRET, token, images[-1], base.model, root=base.root
             ) as served:
                 results["baseline"].update(_latency_runs(served, plan, images, files, token, plan.levels))
+                results["baseline"]["heatmap"] = speedups.heatmap(  # drawn at prediction before 2026-12-06
+                    served.base, images[0], token, 10 if plan.quick else 100
+                )
         log.info("original design")
         with serve(
             "original", work / "original", SECRET, token, images[-1], model, plan.original_workers

@@ -1,18 +1,22 @@
 """Each speed-up on its own, in this process: the fast decoders against Pillow, the int8 twin against the
-float one, and what the heatmap (`explain=1`) adds to a served request."""
+float one, what the heatmap (`explain=1`) adds to a served request, and what fetching it costs (it is
+drawn then)."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from PIL import Image
 
-from .clients import run_python
+from .clients import ROUTE, multipart, run_python
 from .images import BenchImage
 from .twins import time_model
 
@@ -62,9 +66,37 @@ def twins(model: Path, repeats: int) -> dict[str, float]:
 
 
 def heatmap(base: str, image: BenchImage, token: str, requests: int) -> dict[str, Any]:
-    """p50 at concurrency 1 of a served request without and with `explain=1` (turns alternate)."""
+    """p50 at concurrency 1 of a served request without and with `explain=1` (turns alternate), and of
+    fetching one answer's heatmap.png, which is drawn over the stored image when fetched."""
     plain, explained = [], []
     for _ in range(3):
         plain.append(run_python(base, image, token, 1, requests).p50_ms)
         explained.append(run_python(base, image, token, 1, requests, explain=True).p50_ms)
-    return {"p50_ms": statistics.median(plain), "p50_explain_ms": statistics.median(explained)}
+    return {
+        "p50_ms": statistics.median(plain),
+        "p50_explain_ms": statistics.median(explained),
+        "p50_fetch_ms": _fetch_p50(base, image, token, requests),
+    }
+
+
+def _fetch_p50(base: str, image: BenchImage, token: str, requests: int) -> float:
+    """p50 ms of GET heatmap.png for one prediction made with `explain=1`, over one keep-alive connection."""
+    parsed = urlparse(base)
+    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=120)
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        body, content_type = multipart(image)
+        conn.request("POST", ROUTE + "?explain=1", body, {**auth, "Content-Type": content_type})
+        url = json.loads(conn.getresponse().read())["heatmap_url"]
+        times = []
+        for _ in range(requests):
+            began = time.perf_counter()
+            conn.request("GET", url, headers=auth)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {url} answered {response.status}")
+            times.append(time.perf_counter() - began)
+    finally:
+        conn.close()
+    return round(statistics.median(times) * 1000, 1)

@@ -60,7 +60,8 @@ def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
         assert set(stages) == {"today", "HEAD"} and all(s["total_ms"] > 0 for s in stages.values())
     speed = results["speedups"]
     assert set(speed["decoders"]) == set(names) and speed["twins"]["int8_ms"] > 0
-    assert results["service"]["heatmap"]["p50_explain_ms"] > 0
+    heat = results["service"]["heatmap"]
+    assert heat["p50_explain_ms"] > 0 and heat["p50_fetch_ms"] > 0
     assert len(results["targets"]) == 2 * len(names) + 8 and all(
         isinstance(t["met"], bool) for t in results["targets"]
     )
