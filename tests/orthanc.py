@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidxray.local_gunicorn import free_port
+from tests.ports import steady_port
 
 AE_TITLE = "ORTHANC"
 PEER = "covidxray"  # our node's name in Orthanc's DicomModalities
@@ -110,7 +110,7 @@ def configuration(folder: Path, orthanc: Orthanc, plugin: str, storage: Path) ->
 def running_orthanc(folder: Path, binary: str, plugin: str, **extra: Any) -> Iterator[Orthanc]:
     """Start Orthanc on free loopback ports (`extra`: more configuration); yield once its REST API
     answers; stop it."""
-    orthanc = Orthanc(http_port=free_port(), dicom_port=free_port(), peer_port=free_port())
+    orthanc = Orthanc(http_port=steady_port(), dicom_port=steady_port(), peer_port=steady_port())
     config = folder / "orthanc.json"
     memory = Path("/dev/shm")  # the index's fsyncs cost nothing there
     storage = Path(tempfile.mkdtemp(prefix="orthanc-", dir=memory if memory.is_dir() else folder))

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from covidxray.local_gunicorn import free_port, gunicorn_process, log_tail, wait_ready
+from covidxray.local_gunicorn import gunicorn_process, log_tail, wait_ready
+from tests.ports import steady_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Tries with a new port when the one picked was taken before gunicorn could bind it.
@@ -23,7 +24,7 @@ def gunicorn(
     `answer_timeout`: how long each readiness probe may take (a slow first answer needs more).
     """
     for attempt in range(1, BIND_ATTEMPTS + 1):
-        port = free_port()  # free now; another process may still take it before gunicorn binds it
+        port = steady_port()  # chosen so that nothing else should take it before gunicorn binds it
         environ = {
             **os.environ,
             "HOST": "127.0.0.1",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
 import re
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,12 +22,12 @@ from covidxray import create_app
 from covidxray.backends import outbox as ob
 from covidxray.backends.bigquery import init_bigquery, make_client
 from covidxray.imaging.prepare import Prepared
-from covidxray.local_gunicorn import free_port
 from covidxray.predictors.base import Outcome, Predictor
 from covidxray.settings import Settings
 from covidxray.web.auth import issue_token
 from tests.backends.test_gcs import BUCKET, gcs_emulator
 from tests.bigquery_server import BigQueryServer
+from tests.ports import steady_port
 from tests.servers import ROOT, gunicorn
 
 LOG_URI = "bigquery://proj/covidxray/predictions"
@@ -68,34 +66,11 @@ def noise_png(seed: int) -> bytes:
     return out.getvalue()
 
 
-def steady_port(taken: int = 0) -> int:
-    """A free port below the ephemeral range, or any free one where that range starts too low.
-
-    Outgoing connections and `bind(0)` take their ports from the ephemeral range only, so a port below
-    it is still free when an emulator binds it again after an outage (a taken port would hang the
-    GCS emulator's start). `taken`: a port already chosen.
-    """
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 0
-    draw = random.SystemRandom()  # not the seedable module state: the other xdist worker may share it
-    for port in draw.sample(range(20000, low), min(100, max(0, low - 20000))):
-        if port == taken:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 class Cloud:
     """Both emulators on fixed ports over fixed data, so they can be stopped and started again."""
 
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
-        self.root, self.gcs_port = root, steady_port()
-        self.bq_port = steady_port(taken=self.gcs_port)
+        self.root, self.gcs_port, self.bq_port = root, steady_port(), steady_port()
         self.stack: ExitStack | None = None
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{self.gcs_port}")
         monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{self.bq_port}")

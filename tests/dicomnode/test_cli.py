@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from covidxray.local_gunicorn import free_port
 from covidxray.settings import ConfigError, Settings
 from tests.dicomnode.films import cr_dataset
 from tests.dicomnode.scu import associate, store
+from tests.ports import steady_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_dicom_listen_answers_echo_and_store_then_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+    port = steady_port()
     env = {
         **os.environ,
         "COVIDXRAY_DATA_DIR": str(tmp_path),

@@ -15,13 +15,13 @@ from pynetdicom import AE
 from covidxray import create_app
 from covidxray.dicomnode import listener
 from covidxray.dicomnode.intake import receive
-from covidxray.local_gunicorn import free_port
 from covidxray.predictors.keras import KerasPredictor
 from covidxray.settings import Settings
 from tests.dicomnode.certs import Certificates, make_certificates
 from tests.dicomnode.films import CR, cr_dataset, to_bytes
 from tests.dicomnode.scu import SCU_AE
 from tests.orthanc import AE_TITLE, PEER_AE, dicomweb_plugin, orthanc_binary, running_orthanc
+from tests.ports import steady_port
 
 pytestmark = pytest.mark.pacs
 
@@ -55,7 +55,7 @@ def test_listener_with_mutual_tls_serves_only_clients_with_a_certificate(
     app = create_app(settings=tls_settings, predictor=predictor)
     context = listener.tls_context(tls_settings)
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED
-    port = free_port()
+    port = steady_port()
     server = listener.start(app.extensions["covidxray"], None, "127.0.0.1", port, PEER_AE, (), context)
     try:
         assoc = _associate(port, _client(certs))
