@@ -191,7 +191,9 @@ class SqliteRequestLog(RequestLog):
 
     def count_image(self, uri: str) -> int:
         return int(
-            self._conn().execute("SELECT COUNT(*) FROM predictions WHERE image_uri = ?", (uri,)).fetchone()[0]
+            self._conn()
+            .execute("SELECT COUNT(*) FROM predictions WHERE image_uri = ? OR heatmap_uri = ?", (uri, uri))
+            .fetchone()[0]
         )
 
     def search(self, query: HistoryQuery) -> list[PredictionRecord]:

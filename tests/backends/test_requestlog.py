@@ -31,6 +31,15 @@ def test_a_record_round_trips(tmp_path):
     assert log.get("missing") is None
 
 
+def test_count_image_counts_records_that_use_the_uri_as_image_or_as_heatmap(tmp_path):
+    log = SqliteRequestLog(tmp_path / "log.sqlite3")
+    log.record(record("a", heatmap_uri="file:///map.png"))
+    log.record(record("b", image_uri="file:///y.png", heatmap_uri="file:///map.png"))
+    assert log.count_image("file:///x.png") == 1
+    assert log.count_image("file:///map.png") == 2
+    assert log.count_image("file:///nothing.png") == 0
+
+
 def test_an_old_database_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as conn:

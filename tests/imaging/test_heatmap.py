@@ -125,6 +125,21 @@ def test_delete_erases_the_heatmap_too(client, auth, sample_jpeg, stored):
     assert stored() == (0, 0)
 
 
+def test_deleting_one_of_two_answers_for_the_same_film_keeps_the_others_heatmap(
+    client, auth, sample_jpeg, stored
+):
+    first, second = (
+        client.post(
+            "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+        ).get_json()
+        for _ in range(2)
+    )
+    assert stored() == (2, 2)  # one film and one map, shared by both records
+    assert client.delete(f"/api/v1/predictions/{first['id']}", headers=auth).status_code == 204
+    assert stored() == (2, 1)
+    assert client.get(second["heatmap_url"], headers=auth).status_code == 200
+
+
 def test_malformed_explain_is_invalid_field(client, auth, sample_jpeg):
     response = client.post(
         "/api/v1/predict?explain=maybe", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
