@@ -62,6 +62,18 @@ def predict_upload(
     backend failure, keep the image and a record (status `refused` or `backend_unavailable`),
     then raise with the request id.
     """
+    return predict_film(services, data, clinical, subject, explain, source)[0]
+
+
+def predict_film(
+    services: Services,
+    data: bytes,
+    clinical: dict[str, Any],
+    subject: str | None = None,
+    explain: bool = False,
+    source: str = "upload",
+) -> tuple[PredictionRecord, Prepared]:
+    """`predict_upload`, also returning the decoded film (burnt-in text blacked out, as stored)."""
     started = time.perf_counter()
     predictor = services.predictor
     prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
@@ -119,7 +131,7 @@ def predict_upload(
     if error is not None:
         error.request_id = request_id
         raise error
-    return record
+    return record, prepared
 
 
 def _gate_and_predict(
@@ -153,11 +165,12 @@ def find(services: Services, request_id: str, subject: str | None, admin: bool =
     return record
 
 
-def heatmap_png(services: Services, record: PredictionRecord) -> bytes:
-    """The record's class activation map drawn over its stored image, as PNG.
+def heatmap_png(services: Services, record: PredictionRecord, film: Prepared | None = None) -> bytes:
+    """The record's class activation map drawn over its film, as PNG.
 
     Prediction stores only the map (a few hundred bytes); drawing it over the stored copy (with any
     burnt-in text already blacked out) happens here, for the answers whose heatmap is looked at.
+    `film`: the record's film as `predict_film` returned it, to draw without decoding the copy again.
     """
     if not record.heatmap_uri:
         raise NotFound("this prediction has no heatmap")
@@ -165,9 +178,10 @@ def heatmap_png(services: Services, record: PredictionRecord) -> bytes:
     cam = stored_map(stored)
     if cam is None:  # an overlay drawn at prediction time by an earlier release
         return stored
-    image = services.images.get(record.image_uri)
-    prepared = prepare(image, services.predictor.input_size, max_pixels=services.settings.max_pixels)
-    return overlay_png(prepared.image, cam, (prepared.width, prepared.height))
+    if film is None:  # accepted once, so a lower pixel limit set since does not refuse it now
+        limit = max(services.settings.max_pixels, record.width * record.height)
+        film = prepare(services.images.get(record.image_uri), services.predictor.input_size, max_pixels=limit)
+    return overlay_png(film.image, cam, (film.width, film.height))
 
 
 def erase(services: Services, record: PredictionRecord) -> None:

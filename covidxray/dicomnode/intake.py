@@ -11,7 +11,7 @@ from PIL import Image
 from covidxray import service
 from covidxray.backends.requestlog import PredictionRecord
 from covidxray.dicomnode.results import ResultSender
-from covidxray.imaging.dicom import decode_dicom
+from covidxray.imaging.prepare import Prepared
 from covidxray.service import Services
 
 
@@ -19,15 +19,17 @@ def receive(
     services: Services, sender: ResultSender | None, data: bytes, subject: str, source: str
 ) -> PredictionRecord:
     """Predict one DICOM file (`source`: dicom or stow); queue its results when a sender is set."""
-    record = service.predict_upload(services, data, {}, subject, explain=sender is not None, source=source)
+    explain = sender is not None
+    record, film = service.predict_film(services, data, {}, subject, explain=explain, source=source)
     if sender is not None and record.status == "ok":
         original = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        sender.enqueue(original, record, _picture(services, record, data))
+        sender.enqueue(original, record, _picture(services, record, film))
     return record
 
 
-def _picture(services: Services, record: PredictionRecord, data: bytes) -> Image.Image:
-    """The class activation map over the image, or the rendered image when the backend gives none."""
+def _picture(services: Services, record: PredictionRecord, film: Prepared) -> Image.Image:
+    """The class activation map over the film, or the film itself when the backend gives none (burnt-in
+    text blacked out in both, as in the stored copy)."""
     if record.heatmap_uri:
-        return Image.open(io.BytesIO(service.heatmap_png(services, record))).convert("RGB")
-    return decode_dicom(data, services.settings.max_pixels).image
+        return Image.open(io.BytesIO(service.heatmap_png(services, record, film))).convert("RGB")
+    return film.image

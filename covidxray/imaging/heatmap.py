@@ -33,7 +33,7 @@ def levels(cam: np.ndarray) -> np.ndarray:
 
 
 def map_png(cam: np.ndarray) -> bytes:
-    """A map as a small 8-bit grey PNG, marked as a map: what is stored, to draw when first fetched."""
+    """A map as a small 8-bit grey PNG, marked as a map: what is stored, to draw when fetched."""
     marked = PngImagePlugin.PngInfo()
     marked.add_text(MAP_KEY, MAP_KIND)
     out = io.BytesIO()
@@ -42,11 +42,15 @@ def map_png(cam: np.ndarray) -> bytes:
 
 
 def stored_map(data: bytes) -> np.ndarray | None:
-    """The 8-bit map in a stored heatmap, or None for an overlay already drawn (earlier releases)."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format != "PNG" or image.info.get(MAP_KEY) != MAP_KIND:
-            return None
-        return np.asarray(image.convert("L"))
+    """The 8-bit map in a stored heatmap, or None for anything else: an overlay already drawn
+    (earlier releases), or bytes that are not a readable image (served as they are)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG" or image.info.get(MAP_KEY) != MAP_KIND:
+                return None
+            return np.asarray(image.convert("L"))
+    except (OSError, ValueError):  # UnidentifiedImageError and truncated data are OSErrors
+        return None
 
 
 def overlay_png(image: Image.Image, cam: np.ndarray, size: tuple[int, int]) -> bytes:

@@ -112,7 +112,9 @@ def heatmap(request_id: str) -> Any:
     record = service.find(current_services(), request_id, g.principal.subject, g.principal.allows("admin"))
     if not record.heatmap_uri:
         raise NotFound("this prediction has no heatmap; predict with explain=1")
-    return Response(service.heatmap_png(current_services(), record), mimetype="image/png")
+    response = Response(service.heatmap_png(current_services(), record), mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"  # drawn on each fetch; never changes
+    return response
 
 
 @bp.delete("/api/v1/predictions/<request_id>")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from covidxray import service
+from covidxray import create_app, service
 from covidxray.imaging.heatmap import MAX_SIDE, class_activation_map, levels, map_png, overlay_png, stored_map
 from covidxray.imaging.prepare import prepare
 
@@ -93,6 +94,29 @@ def test_a_map_png_is_tiny_and_marked_and_other_pngs_are_not_maps():
     plain = io.BytesIO()
     Image.fromarray(levels(cam), "L").save(plain, "PNG")
     assert stored_map(plain.getvalue()) is None  # the same pixels without the mark are a picture
+    assert stored_map(data[: len(data) // 2]) is None and stored_map(b"not an image") is None
+
+
+def test_the_api_heatmap_may_be_cached_by_its_client(client, auth, sample_jpeg):
+    body = client.post(
+        "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
+    response = client.get(body["heatmap_url"], headers=auth)
+    assert response.headers["Cache-Control"] == "private, max-age=3600"
+
+
+def test_a_heatmap_is_drawn_after_the_pixel_limit_was_lowered_below_its_film(
+    settings, predictor, auth, sample_jpeg
+):
+    before = create_app(settings=settings, predictor=predictor).test_client()
+    body = before.post(
+        "/api/v1/predict?explain=1", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")}
+    ).get_json()
+    after = create_app(settings=replace(settings, max_pixels=10_000), predictor=predictor).test_client()
+    drawn = after.get(body["heatmap_url"], headers=auth)
+    assert drawn.status_code == 200 and drawn.data == before.get(body["heatmap_url"], headers=auth).data
+    refused = after.post("/api/v1/predict", headers=auth, data={"image": (io.BytesIO(sample_jpeg), "x.jpg")})
+    assert refused.status_code == 400  # new uploads meet the new limit
 
 
 def test_overlay_is_at_most_max_side_and_draws_the_maps_hot_spot_red():
