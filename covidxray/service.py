@@ -55,25 +55,15 @@ def predict_upload(
     subject: str | None = None,
     explain: bool = False,
     source: str = "upload",
-) -> PredictionRecord:
-    """Check, predict, store and log one upload; return its record (`source`: how the image came).
+) -> tuple[PredictionRecord, Prepared]:
+    """Check, predict, store and log one upload (`source`: how the image came); return its record and
+    the decoded film (burnt-in text blacked out, as stored), for drawing its heatmap without decoding
+    it again.
 
     Undecodable input raises before anything is stored. An image that the gate refuses, and a
     backend failure, keep the image and a record (status `refused` or `backend_unavailable`),
     then raise with the request id.
     """
-    return predict_film(services, data, clinical, subject, explain, source)[0]
-
-
-def predict_film(
-    services: Services,
-    data: bytes,
-    clinical: dict[str, Any],
-    subject: str | None = None,
-    explain: bool = False,
-    source: str = "upload",
-) -> tuple[PredictionRecord, Prepared]:
-    """`predict_upload`, also returning the decoded film (burnt-in text blacked out, as stored)."""
     started = time.perf_counter()
     predictor = services.predictor
     prepared = prepare(data, predictor.input_size, max_pixels=services.settings.max_pixels)
@@ -170,7 +160,7 @@ def heatmap_png(services: Services, record: PredictionRecord, film: Prepared | N
 
     Prediction stores only the map (a few hundred bytes); drawing it over the stored copy (with any
     burnt-in text already blacked out) happens here, for the answers whose heatmap is looked at.
-    `film`: the record's film as `predict_film` returned it, to draw without decoding the copy again.
+    `film`: the record's film as `predict_upload` returned it, to draw without decoding the copy again.
     """
     if not record.heatmap_uri:
         raise NotFound("this prediction has no heatmap")

@@ -20,7 +20,7 @@ def receive(
 ) -> PredictionRecord:
     """Predict one DICOM file (`source`: dicom or stow); queue its results when a sender is set."""
     explain = sender is not None
-    record, film = service.predict_film(services, data, {}, subject, explain=explain, source=source)
+    record, film = service.predict_upload(services, data, {}, subject, explain=explain, source=source)
     if sender is not None and record.status == "ok":
         original = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         sender.enqueue(original, record, _picture(services, record, film))

@@ -147,11 +147,12 @@ def cross_validate(
     groups: dict[str, list[str]],
     folds: int = 4,
     mirrors: dict[str, np.ndarray] | None = None,
-    train_groups: list[str] | None = None,
+    density: Gate | None = None,
 ) -> dict[str, Any]:
     """Each known kind's inputs caught by a gate whose head never saw their patient (`groups`: one patient
     key per example), in `folds` patient-grouped folds; and the val films each fold's gate refused.
-    `mirrors` as for `fit` (a held-out patient's flipped images are held out too)."""
+    `mirrors` as for `fit` (a held-out patient's flipped images are held out too); `density`: the gate's
+    density test as `fit_density` fitted it (the same in every fold; default: fitted here on val)."""
     from sklearn.model_selection import GroupKFold
 
     names = list(kinds)
@@ -162,7 +163,7 @@ def cross_validate(
     patients = np.concatenate([groups[k] for k in names])
     caught = dict.fromkeys(names, 0)
     val_refused = []
-    density = fit_density(train, labels, val, groups=train_groups)  # the same in every fold
+    density = density or fit_density(train, labels, val)
     splits = GroupKFold(min(folds, len(set(patients)))).split(every, groups=patients)
     for seen, unseen in splits:
         held = {k: every[seen][kind_of[seen] == k] for k in names if (kind_of[seen] == k).any()}
@@ -298,8 +299,8 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, fl
     mirrors = {kind: flipped for kind, (_, flipped) in read.items() if flipped is not None}
     if train_flipped is not None:
         mirrors["train"] = train_flipped
-    train_groups = patients_of_films(data_dir, train_files)
-    gate = fit(train, train_labels, val, kinds=kinds, mirrors=mirrors, groups=train_groups)
+    density = fit_density(train, train_labels, val, groups=patients_of_films(data_dir, train_files))
+    gate = with_head(density, train, val, kinds=kinds, mirrors=mirrors)
     path = model_path.with_suffix(".ood.npz")
     gate.save(path)
     refused = [not gate.judge(s, n).passed for s, n in zip(val, val_notes, strict=True)]
@@ -310,7 +311,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, fl
             " the pooled features (Ledoit-Wolf covariance; its threshold from the val films and the training"
             " films scored out of fold, by patient), and a logistic head on the feature maps' means"
             f" over a {GRID} x {GRID} grid trained against the known kinds"
-            + (" (images also flipped left-right)" if flips else "")
+            + (" (images also flipped left-right)" if flip else "")
         ),
         "threshold": gate.cut,
         "density_threshold": gate.threshold,
@@ -323,7 +324,7 @@ def build_gate(model_path: Path, data_dir: Path, ood_dir: Path | None = None, fl
     if ood_dir is not None and kinds:
         groups = {kind: patients_of(ood_dir, files) for kind, files in folders.items()}
         entry["cross_validated"] = cross_validate(
-            train, train_labels, val, kinds, groups, mirrors=mirrors, train_groups=train_groups
+            train, train_labels, val, kinds, groups, mirrors=mirrors, density=density
         )
     meta_path = model_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())

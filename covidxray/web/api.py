@@ -36,14 +36,14 @@ def predict() -> Any:
     images, fields = _read_request()
     clinical = parse_clinical(fields)
     explain = parse_flag(request.args.to_dict(flat=False), "explain") or parse_flag(fields, "explain")
-    subject = g.principal.subject
+    subject, services = g.principal.subject, current_services()
     if len(images) == 1:
-        record = service.predict_upload(current_services(), _nonempty(images[0]), clinical, subject, explain)
+        record, _ = service.predict_upload(services, _nonempty(images[0]), clinical, subject, explain)
         return jsonify(_response(record))
     results = []
     for image in images:
         try:
-            record = service.predict_upload(current_services(), _nonempty(image), clinical, subject, explain)
+            record, _ = service.predict_upload(services, _nonempty(image), clinical, subject, explain)
             results.append(_response(record))
         except ApiError as exc:
             results.append(error_body(exc))

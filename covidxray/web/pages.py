@@ -66,7 +66,7 @@ def submit() -> Any:
     if errors:
         return _form(errors, "Please correct the fields marked below.", 400)
     try:
-        record = service.predict_upload(current_services(), data, clinical, explain=explain)
+        record, _ = service.predict_upload(current_services(), data, clinical, explain=explain)
     except ApiError as exc:
         return _form({"image": exc.message}, exc.message, exc.status)
     session["results"] = ([record.id] + session.get("results", []))[:MAX_SESSION_RESULTS]
